@@ -1,0 +1,86 @@
+"""WKV6 in plain PyTorch: the reference that every fast kernel is tested against.
+
+Per head, with key index i, value index j and an fp32 state S [N, N] (spec 4.1):
+    y_t[j] = sum_i r_t[i] * (u[i] * k_t[i] * v_t[j] + S[i, j])
+    S[i, j] <- exp(-exp(w_t[i])) * S[i, j] + k_t[i] * v_t[j]
+w is the raw decay parameter (time_decay + LoRA, in the model dtype); the bonus u is used raw.
+Both entry points update `state` in place and return y in the dtype of r.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import check_wkv6_args
+
+CHUNK = 16
+
+
+def wkv6_decode_torch(
+    r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor, state: torch.Tensor
+) -> torch.Tensor:
+    """One step for B sequences: r, k, v, w [B, H, N]; u [H, N]; state [B, H, N, N] fp32."""
+    check_wkv6_args(r, k, v, w, u, state, None, decode=True)
+    r32, k32, v32 = r.float(), k.float(), v.float()
+    kv = k32.unsqueeze(-1) * v32.unsqueeze(-2)  # [B, H, N, N]
+    y = torch.einsum("bhi,bhij->bhj", r32, state + u.float().unsqueeze(-1) * kv)
+    state.mul_(torch.exp(-torch.exp(w.float())).unsqueeze(-1)).add_(kv)
+    return y.to(r.dtype)
+
+
+def wkv6_prefill_torch(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor,
+    cu_seqlens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Packed sequences: r, k, v, w [T_total, H, N]; state [B, H, N, N] fp32 (initial in, final out);
+    cu_seqlens [B + 1] offsets of each sequence in the packed T axis (None: a single sequence)."""
+    check_wkv6_args(r, k, v, w, u, state, cu_seqlens, decode=False)
+    y = torch.empty_like(r)
+    bounds = [0, r.shape[0]] if cu_seqlens is None else cu_seqlens.tolist()
+    for b in range(len(bounds) - 1):
+        s, e = bounds[b], bounds[b + 1]
+        if e > s:
+            y[s:e] = _chunked(r[s:e], k[s:e], v[s:e], w[s:e], u, state[b]).to(r.dtype)
+    return y
+
+
+def _chunked(r, k, v, w, u, S: torch.Tensor) -> torch.Tensor:
+    """One sequence in chunked matrix form: a loop over chunks of CHUNK tokens, never over tokens.
+
+    Every exponent is a sum of log-decays over a stretch of time, formed as a difference of float64
+    cumulative sums, so it is <= 0 and exact to fp32 even for decays near 0 or 1.
+    """
+    T, H, N = r.shape
+    L, nc = CHUNK, -(-T // CHUNK)
+    pad = nc * L - T
+
+    def chunks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # [T, H, N] -> [H, nc, L, N]
+        x = torch.nn.functional.pad(x.to(dtype), (0, 0, 0, 0, 0, pad))
+        return x.view(nc, L, H, N).permute(2, 0, 1, 3)
+
+    # Padding is exact: k = 0 adds nothing to the state, log-decay 0 keeps it.
+    r, k, v = chunks(r, torch.float32), chunks(k, torch.float32), chunks(v, torch.float32)
+    log_decay = chunks(-torch.exp(w.double()), torch.float64)
+    cum = log_decay.cumsum(2)  # through t, inclusive
+    cum_before = cum - log_decay  # before t
+
+    # Inside a chunk: y_t += sum_{s<t} (r_t . (k_s * decay from s+1 to t-1)) v_s
+    gap = (cum_before.unsqueeze(3) - cum.unsqueeze(2)).float()  # [H, nc, L(t), L(s), N]
+    causal = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
+    gap.masked_fill_(~causal.view(1, 1, L, L, 1), float("-inf")).exp_()
+    attn = torch.einsum("hctn,hcsn,hctsn->hcts", r, k, gap)
+    y = attn @ v + (r * u.float().view(H, 1, 1, N) * k).sum(-1, keepdim=True) * v
+
+    # Across chunks: read the carried state, then fold the chunk into it.
+    r_in = r * torch.exp(cum_before).float()
+    k_out = k * torch.exp(cum[:, :, -1:] - cum).float()
+    chunk_decay = torch.exp(cum[:, :, -1]).float()  # [H, nc, N]
+    for c in range(nc):
+        y[:, c] += r_in[:, c] @ S
+        S.mul_(chunk_decay[:, c].unsqueeze(-1)).add_(k_out[:, c].transpose(-1, -2) @ v[:, c])
+    return y.permute(1, 2, 0, 3).reshape(nc * L, H, N)[:T]
