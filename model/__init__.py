@@ -1,0 +1,24 @@
+"""The VisualRWKV-6 model in pure PyTorch (no lmms-eval imports): `load_model` is the entry point."""
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import RWKV6Config
+from .generate import Generation, GenerationRequest, generate_batch, loglikelihood_batch
+from .tokenizer import WorldTokenizer, world_tokenizer
+from .vision import VisionTowerError
+from .visualrwkv import DEFAULT_VISION_TOWER, VisualRWKV, load_model
+
+__all__ = [
+    "DEFAULT_VISION_TOWER",
+    "CheckpointError",
+    "Generation",
+    "GenerationRequest",
+    "RWKV6Config",
+    "VisionTowerError",
+    "VisualRWKV",
+    "WorldTokenizer",
+    "generate_batch",
+    "load_checkpoint",
+    "load_model",
+    "loglikelihood_batch",
+    "world_tokenizer",
+]

@@ -1,0 +1,200 @@
+"""RWKV-6 "Finch" (x060) language model over packed sequences, faithful to RWKV-LM (spec 1.4, 4.3).
+
+All blocks work on a packed batch: rows [T_total, C] holding B sequences one after another, described by
+`Packing`. Every sequence carries its own recurrent state (`RecurrentState`), so packing never changes a
+sequence's result. A decode step is the same code with every sequence one row long.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visualrwkv_eval.kernels import wkv6_decode, wkv6_prefill
+
+from .config import HEAD_SIZE_DIVISOR, RWKV6Config
+
+
+@dataclass
+class Packing:
+    """Where each of B sequences lies in the packed rows."""
+
+    cu_seqlens: torch.Tensor | None  # [B + 1] int64 offsets (CPU); None for a decode step
+    firsts: torch.Tensor | None  # [B] first row of each sequence (model device)
+    lasts: torch.Tensor | None  # [B] last row of each sequence (model device)
+
+    @property
+    def decode(self) -> bool:
+        """A decode step: every sequence is one row long."""
+        return self.cu_seqlens is None
+
+    @staticmethod
+    def from_lengths(lengths: list[int], device: torch.device) -> Packing:
+        if not lengths or min(lengths) < 1:
+            raise ValueError(f"every packed sequence needs at least one row, got lengths {lengths}")
+        cu = torch.tensor([0, *lengths]).cumsum(0)
+        return Packing(cu, cu[:-1].to(device), (cu[1:] - 1).to(device))
+
+    @staticmethod
+    def for_decode() -> Packing:
+        return Packing(None, None, None)
+
+    def last_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.decode else x[self.lasts]
+
+
+@dataclass
+class RecurrentState:
+    """Per layer and sequence: token-shift inputs of both mixers (LayerNorm-ed) and the fp32 WKV state."""
+
+    att_shift: torch.Tensor  # [L, B, C]  ln1 output of the last token
+    wkv: torch.Tensor  # [L, B, H, N, N] fp32
+    ffn_shift: torch.Tensor  # [L, B, C]  ln2 output of the last token
+
+    @staticmethod
+    def zeros(cfg: RWKV6Config, batch: int, dtype: torch.dtype, device: torch.device) -> RecurrentState:
+        L, C, H, N = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size
+        return RecurrentState(
+            torch.zeros(L, batch, C, dtype=dtype, device=device),
+            torch.zeros(L, batch, H, N, N, dtype=torch.float32, device=device),
+            torch.zeros(L, batch, C, dtype=dtype, device=device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.wkv.shape[1]
+
+    def select(self, index: torch.Tensor | list[int]) -> RecurrentState:
+        """The states of the sequences at `index`, as a new (copied) state."""
+        index = torch.as_tensor(index, device=self.wkv.device)
+        return RecurrentState(self.att_shift[:, index], self.wkv[:, index], self.ffn_shift[:, index])
+
+    @staticmethod
+    def cat(states: list[RecurrentState]) -> RecurrentState:
+        return RecurrentState(
+            *(torch.cat([getattr(s, f) for s in states], 1) for f in ("att_shift", "wkv", "ffn_shift"))
+        )
+
+
+def token_shift(x: torch.Tensor, shift: torch.Tensor, pack: Packing) -> torch.Tensor:
+    """The previous row of every row; a sequence's first row gets the carried state."""
+    if pack.decode:
+        return shift
+    prev = torch.empty_like(x)
+    prev[1:] = x[:-1]
+    prev[pack.firsts] = shift
+    return prev
+
+
+class TimeMix(nn.Module):
+    def __init__(self, cfg: RWKV6Config):
+        super().__init__()
+        C, A, H, N = cfg.n_embd, cfg.dim_att, cfg.n_head, cfg.head_size
+        self.n_head, self.head_size = H, N
+        for name in ("x", "w", "k", "v", "r", "g"):
+            setattr(self, f"time_maa_{name}", nn.Parameter(torch.zeros(1, 1, C)))
+        self.time_maa_w1 = nn.Parameter(torch.zeros(C, 5 * cfg.d_mix))
+        self.time_maa_w2 = nn.Parameter(torch.zeros(5, cfg.d_mix, C))
+        self.time_decay = nn.Parameter(torch.zeros(1, 1, A))
+        self.time_decay_w1 = nn.Parameter(torch.zeros(C, cfg.d_decay))
+        self.time_decay_w2 = nn.Parameter(torch.zeros(cfg.d_decay, A))
+        self.time_faaaa = nn.Parameter(torch.zeros(H, N))  # the bonus u, used raw
+        self.receptance = nn.Linear(C, A, bias=False)
+        self.key = nn.Linear(C, A, bias=False)
+        self.value = nn.Linear(C, A, bias=False)
+        self.gate = nn.Linear(C, A, bias=False)
+        self.output = nn.Linear(A, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, A, eps=1e-5 * HEAD_SIZE_DIVISOR**2)
+
+    def ddlerp(self, x: torch.Tensor, xx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Data-dependent lerp between each row and its predecessor: inputs for w, k, v, r, g."""
+        T = x.shape[0]
+        xxx = x + xx * self.time_maa_x.view(-1)
+        m = torch.tanh(xxx @ self.time_maa_w1).view(T, 5, -1).transpose(0, 1)  # [5, T, D_mix]
+        m = torch.bmm(m, self.time_maa_w2)  # [5, T, C], in the order w, k, v, r, g
+        maa = (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g)
+        return tuple(x + xx * (base.view(-1) + mi) for base, mi in zip(maa, m.unbind(0)))
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor, pack: Packing, backend: str):
+        """x [T, C] (ln1 output) -> [T, C]; updates `shift` [B, C] and `wkv` [B, H, N, N] in place."""
+        T, H, N = x.shape[0], self.n_head, self.head_size
+        xw, xk, xv, xr, xg = self.ddlerp(x, token_shift(x, shift, pack) - x)
+        shift.copy_(pack.last_rows(x))
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+        g = F.silu(self.gate(xg))
+        # log-log decay, formed in the model dtype as the reference does; the kernel takes exp(-exp(w))
+        w = self.time_decay.view(-1) + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        heads = (T, H, N)
+        args = (r.view(heads), k.view(heads), v.view(heads), w.view(heads), self.time_faaaa, wkv)
+        if pack.decode:
+            y = wkv6_decode(*args, backend=backend)
+        else:
+            y = wkv6_prefill(*args, pack.cu_seqlens, backend=backend)
+        return self.output(self.ln_x(y.view(T, H * N)) * g)
+
+
+class ChannelMix(nn.Module):
+    def __init__(self, cfg: RWKV6Config):
+        super().__init__()
+        C, F_ = cfg.n_embd, cfg.dim_ffn
+        self.time_maa_k = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_maa_r = nn.Parameter(torch.zeros(1, 1, C))
+        self.key = nn.Linear(C, F_, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(F_, C, bias=False)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, pack: Packing) -> torch.Tensor:
+        """x [T, C] (ln2 output) -> [T, C]; updates `shift` [B, C] in place."""
+        xx = token_shift(x, shift, pack) - x
+        shift.copy_(pack.last_rows(x))
+        k = torch.relu(self.key(x + xx * self.time_maa_k.view(-1))) ** 2
+        return torch.sigmoid(self.receptance(x + xx * self.time_maa_r.view(-1))) * self.value(k)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RWKV6Config, layer_id: int):
+        super().__init__()
+        C = cfg.n_embd
+        self.ln0 = nn.LayerNorm(C) if layer_id == 0 else None  # applied to the whole sequence, image included
+        self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.att, self.ffn = TimeMix(cfg), ChannelMix(cfg)
+
+    def forward(self, x: torch.Tensor, state: RecurrentState, layer: int, pack: Packing, backend: str):
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        x = x + self.att(self.ln1(x), state.att_shift[layer], state.wkv[layer], pack, backend)
+        return x + self.ffn(self.ln2(x), state.ffn_shift[layer], pack)
+
+
+class RWKV6(nn.Module):
+    def __init__(self, cfg: RWKV6Config):
+        super().__init__()
+        self.config = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: RecurrentState,
+        pack: Packing,
+        orders: list[torch.Tensor | None] | None = None,
+        backend: str = "torch",
+    ) -> torch.Tensor:
+        """Embeddings [T, C] -> final hidden rows [T, C], layer by layer; `orders[i]` is the row order in
+        which layer i reads the sequence (the image scan), undone after the layer."""
+        for i, block in enumerate(self.blocks):
+            order = None if orders is None else orders[i]
+            if order is None:
+                x = block(x, state, i, pack, backend)
+            else:
+                x = x.index_copy(0, order, block(x[order], state, i, pack, backend))
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln_out(hidden))

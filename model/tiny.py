@@ -1,0 +1,100 @@
+"""Random-weight VisualRWKV models in the release key format: tiny ones for tests and the demo, and
+real-shaped ones (1B6 / 3B / 7B with a ViT-L/14-336 tower) for performance work. Deterministic per seed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from .config import RWKV6Config
+from .vision import RELEASE_PREFIX, PilImageProcessor
+
+# (n_layer, n_embd) of the released models (spec 1.5) and of the test model
+SIZES = {"tiny": (4, 128), "1b6": (24, 2048), "3b": (32, 2560), "7b": (32, 4096)}
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def size_config(size: str) -> RWKV6Config:
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: expected one of {', '.join(SIZES)}")
+    return RWKV6Config.for_size(*SIZES[size])
+
+
+def random_rwkv_weights(cfg: RWKV6Config, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
+    """An RWKV-LM x060 state dict with weights in realistic ranges (decays spread over (0.07, 0.998))."""
+    gen = torch.Generator().manual_seed(seed)
+    randn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    out = {}
+    for key, shape in cfg.expected_shapes().items():
+        name = key.rsplit(".", 1)[-1] if "." in key else key
+        if key.endswith("time_decay"):
+            ramp = torch.linspace(0, 1, shape[-1]) ** 0.7
+            t = (-6 + 5 * ramp + 0.3 * randn(shape[-1])).view(shape)
+        elif key.endswith("time_faaaa"):
+            t = 0.5 * randn(*shape)
+        elif "time_maa_w" in key or "time_decay_w" in key:  # LoRA factors
+            t = 0.1 * randn(*shape)
+        elif "time_maa" in key:
+            t = torch.rand(*shape, generator=gen)
+        elif ".ln" in key or key.startswith("ln_out"):
+            t = (1.0 if name == "weight" else 0.0) + 0.1 * randn(*shape)
+        elif key == "emb.weight":
+            t = randn(*shape)
+        elif key == "head.weight":
+            t = 3 * randn(*shape) / math.sqrt(shape[1])
+        else:  # linear layers [out, in]
+            t = randn(*shape) / math.sqrt(shape[1])
+        out[key] = t.to(dtype).contiguous()
+    return out
+
+
+def clip_config(size: str):
+    """A CLIP vision config: ViT-L/14-336 for the real sizes, a 56-px 4x4-patch toy for 'tiny'."""
+    from transformers import CLIPVisionConfig
+
+    if size == "tiny":
+        return CLIPVisionConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+            image_size=56, patch_size=14, projection_dim=32, hidden_act="quick_gelu",
+        )  # fmt: skip
+    return CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+    )  # fmt: skip
+
+
+def clip_processor(image_size: int):
+    return PilImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True, do_convert_rgb=True, do_normalize=True, do_rescale=True, do_resize=True,
+        image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3,
+    )  # fmt: skip
+
+
+def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
+    """Write OUT/model.pth (VisualRWKV keys: rwkv.*, proj.weight, vit.*) and OUT/vision_tower/ (HF CLIP)."""
+    from transformers import CLIPVisionModel
+
+    out = Path(out)
+    cfg = size_config(size)
+    dtype = torch.float32 if size == "tiny" else torch.bfloat16
+    vcfg = clip_config(size)
+    torch.manual_seed(seed)  # transformers initialises from the global generator
+    clip = CLIPVisionModel(vcfg).to(dtype)
+    tower = out / "vision_tower"
+    clip.save_pretrained(tower)
+    clip_processor(vcfg.image_size).save_pretrained(tower)
+
+    sd = {f"rwkv.{k}": v for k, v in random_rwkv_weights(cfg, seed, dtype).items()}
+    gen = torch.Generator().manual_seed(seed + 1)
+    sd["proj.weight"] = (torch.randn(cfg.n_embd, vcfg.hidden_size, generator=gen) / math.sqrt(vcfg.hidden_size)).to(
+        dtype
+    )
+    for k, v in clip.state_dict().items():  # the release spelling, whatever the transformers version
+        sd[f"vit.{RELEASE_PREFIX}{k.removeprefix(RELEASE_PREFIX)}"] = v.contiguous()
+    torch.save(sd, out / "model.pth")
+    return out

@@ -1,0 +1,113 @@
+"""The CLIP vision tower: PIL preprocessing as the reference did it, features [P patches, CLS] (spec 1.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+try:  # transformers 5: the PIL processor the reference used; the default one runs torchvision and differs
+    from transformers import CLIPImageProcessorPil as PilImageProcessor
+except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL/numpy one
+    from transformers import CLIPImageProcessor as PilImageProcessor
+
+# A strip narrower than 1:MAX_ASPECT would be resized to a gigantic intermediate before the centre crop;
+# cutting it to its central part first changes nothing the crop keeps.
+MAX_ASPECT = 8
+# The release checkpoints spell the tower's keys vit.vision_model.* (CLIPVisionModel of transformers 4)
+RELEASE_PREFIX = "vision_model."
+
+
+class VisionTowerError(ValueError):
+    """A vision tower that cannot be built; the message names the tower and the problem."""
+
+
+class VisionTower(nn.Module):
+    def __init__(self, clip: nn.Module, processor):
+        super().__init__()
+        self.clip = clip
+        self.processor = processor
+        cfg = clip.config
+        self.grid = cfg.image_size // cfg.patch_size
+        self.num_patches = self.grid * self.grid  # P (576 for ViT-L/14-336)
+        self.hidden_size = cfg.hidden_size
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """[B, 3, S, S] float32 pixels from PIL images of any mode and size."""
+        images = [_tame_aspect(im) for im in images]
+        out = self.processor(images=images, return_tensors="pt")
+        return out["pixel_values"]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> [B, P + 1, D]: the last encoder layer (no post-LayerNorm), CLS moved last."""
+        p = next(self.clip.parameters())
+        hidden = self.clip(pixel_values=pixels.to(device=p.device, dtype=p.dtype)).last_hidden_state
+        return torch.cat([hidden[:, 1:], hidden[:, :1]], dim=1)
+
+
+def _tame_aspect(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    if max(w, h) <= MAX_ASPECT * min(w, h):
+        return im
+    keep = MAX_ASPECT * min(w, h)
+    if w > h:
+        left = (w - keep) // 2
+        return im.crop((left, 0, left + keep, h))
+    top = (h - keep) // 2
+    return im.crop((0, top, w, top + keep))
+
+
+def _is_local(name_or_path: str) -> bool:
+    return Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~"))
+
+
+def build_vision_tower(name_or_path: str, vit_state: dict[str, torch.Tensor] | None = None) -> VisionTower:
+    """CLIP from an HF id or a local folder (config.json + preprocessor_config.json).
+
+    With `vit_state` (the checkpoint's vit.* weights) only the tower's config is read and the weights come
+    from the checkpoint; otherwise the tower's own weights are loaded.
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    if _is_local(name_or_path):
+        folder = Path(name_or_path).expanduser()
+        for needed in ("config.json", "preprocessor_config.json"):
+            if not (folder / needed).is_file():
+                raise VisionTowerError(f"vision tower {folder}: missing {needed}")
+        name_or_path = str(folder)
+    try:
+        processor = PilImageProcessor.from_pretrained(name_or_path)
+        config = CLIPVisionConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise VisionTowerError(f"vision tower {name_or_path}: cannot read its configuration ({e})") from e
+    if vit_state:
+        vit_state = {k: v for k, v in vit_state.items() if not k.endswith("position_ids")}
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            clip = CLIPVisionModel(config)
+        expected = clip.state_dict().keys()
+        if not any(k.startswith(RELEASE_PREFIX) for k in expected):  # transformers 5 dropped the level
+            vit_state = {k.removeprefix(RELEASE_PREFIX): v for k, v in vit_state.items()}
+        missing, unexpected = expected - vit_state.keys(), vit_state.keys() - expected
+        if missing or unexpected:
+            raise VisionTowerError(
+                f"checkpoint vit.* weights do not fit the tower {name_or_path}: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        wrong = [k for k, t in clip.state_dict().items() if t.shape != vit_state[k].shape]
+        if wrong:
+            raise VisionTowerError(
+                f"checkpoint vit.* weights do not fit the tower {name_or_path}: shape mismatch for {wrong[:3]}"
+            )
+        clip.load_state_dict({k: v.float() for k, v in vit_state.items()}, assign=True)
+    else:
+        try:
+            clip = CLIPVisionModel.from_pretrained(name_or_path)
+        except (OSError, ValueError) as e:
+            raise VisionTowerError(
+                f"vision tower {name_or_path}: no weights there and none (vit.*) in the checkpoint ({e})"
+            ) from e
+    return VisionTower(clip.eval(), processor)

@@ -1,0 +1,35 @@
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from visualrwkv_eval.model.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    from visualrwkv_eval.model import load_model
+
+    return load_model(str(tiny_dir / "model.pth"), vision_tower=str(tiny_dir / "vision_tower"), dtype="float32")
+
+
+@pytest.fixture
+def tiny_variant(tiny_model):
+    """The tiny model with another scan / image position (shares the weights)."""
+
+    def make(scan: str = "bidirectional", image_position: str = "middle"):
+        m = copy.copy(tiny_model)
+        m.scan, m.image_position = scan, image_position
+        return m
+
+    return make
