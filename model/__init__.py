@@ -2,7 +2,7 @@
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import RWKV6Config
-from .generate import Generation, GenerationRequest, generate_batch, loglikelihood_batch
+from .generate import Conversation, Generation, GenerationRequest, continue_batch, generate_batch, loglikelihood_batch
 from .tokenizer import WorldTokenizer, world_tokenizer
 from .vision import VisionTowerError
 from .visualrwkv import DEFAULT_VISION_TOWER, VisualRWKV, load_model
@@ -10,12 +10,14 @@ from .visualrwkv import DEFAULT_VISION_TOWER, VisualRWKV, load_model
 __all__ = [
     "DEFAULT_VISION_TOWER",
     "CheckpointError",
+    "Conversation",
     "Generation",
     "GenerationRequest",
     "RWKV6Config",
     "VisionTowerError",
     "VisualRWKV",
     "WorldTokenizer",
+    "continue_batch",
     "generate_batch",
     "load_checkpoint",
     "load_model",

@@ -1,13 +1,19 @@
 """Batched generation and log-likelihood on VisualRWKV: one packed prefill, then recurrent decode of all
-unfinished sequences together (O(1) work per new token), the reference's stop rule and answer cut."""
+unfinished sequences together (O(1) work per new token), the reference's stop rule and answer cut.
+
+A conversation can go on after an answer: `Conversation` keeps each sequence's recurrent state, so a
+further user turn is prefilled on top of it instead of re-reading the whole dialogue.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
+from .prompt import user_turn
+from .rwkv6 import RecurrentState
 from .tokenizer import STOP_TOKEN
 from .visualrwkv import VisualRWKV
 
@@ -28,6 +34,16 @@ class Generation:
     text: str
     prompt_tokens: int  # rows prefilled, image rows included
     new_tokens: list[int]
+    error: str | None = None  # why the request could not be run (its image could not be processed)
+
+
+@dataclass
+class Conversation:
+    """Recurrent states after a batch of answers, ready for a further user turn."""
+
+    state: RecurrentState  # one sequence per request that ran
+    rows: list[int]  # request index -> row of `state`
+    pending: list[list[int]] = field(default_factory=list)  # generated tokens the state has not consumed yet
 
 
 def answer_text(model: VisualRWKV, ids: list[int], until: tuple[str, ...]) -> str:
@@ -41,6 +57,26 @@ def answer_text(model: VisualRWKV, ids: list[int], until: tuple[str, ...]) -> st
         return raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         return "\ufffd"  # the reference's decode of invalid UTF-8
+
+
+def image_features(model: VisualRWKV, images: list[Image.Image | None]):
+    """Projected features per image (None where there is none) and an error message per failed image."""
+    feats: list[torch.Tensor | None] = [None] * len(images)
+    errors: list[str | None] = [None] * len(images)
+    pixels, where = [], []
+    for i, im in enumerate(images):
+        if im is None:
+            continue
+        try:
+            pixels.append(model.preprocess([im]))
+            where.append(i)
+        except Exception as e:  # a broken image must not take the batch down with it
+            errors[i] = f"{type(e).__name__}: {e}"
+    if pixels:
+        encoded = model.encode_pixels(torch.cat(pixels))
+        for j, i in enumerate(where):
+            feats[i] = encoded[j]
+    return feats, errors
 
 
 def _next_tokens(logits: torch.Tensor, requests: list[GenerationRequest], generators) -> list[int]:
@@ -59,63 +95,103 @@ def _next_tokens(logits: torch.Tensor, requests: list[GenerationRequest], genera
     return out
 
 
-def prefill_prompts(model: VisualRWKV, contexts: list[str], images: list[torch.Tensor | None], **kw):
-    """Prefill one prompt per context (image features or None); returns (logits, state, prompt lengths)."""
-    seqs = [model.embed(model.prompt(c, img is not None), img) for c, img in zip(contexts, images)]
-    logits, state = model.prefill(seqs, **kw)
-    return logits, state, [rows.shape[0] for rows, _ in seqs]
+def _hit_until(model: VisualRWKV, ids: list[int], until: tuple[str, ...]) -> bool:
+    if not until:
+        return False
+    tail = model.tokenizer.decode_bytes(ids[-64:])  # an until string is far shorter than 64 tokens
+    return any(s and s.encode("utf-8") in tail for s in until)
 
 
-def _image_features(model: VisualRWKV, images: list[Image.Image | None]) -> list[torch.Tensor | None]:
-    present = [i for i, im in enumerate(images) if im is not None]
-    feats: list[torch.Tensor | None] = [None] * len(images)
-    if present:
-        encoded = model.encode_images([images[i] for i in present])
-        for j, i in enumerate(present):
-            feats[i] = encoded[j]
-    return feats
-
-
-@torch.inference_mode()
-def generate_batch(model: VisualRWKV, requests: list[GenerationRequest]) -> list[Generation]:
-    """Answer every request; the batch never changes any answer (each sequence keeps its own state)."""
-    if not requests:
-        return []
-    feats = _image_features(model, [r.image for r in requests])
-    logits, state, prompt_lengths = prefill_prompts(model, [r.context for r in requests], feats)
-    logits = torch.cat(logits)
+def _decode(model: VisualRWKV, requests, logits: torch.Tensor, state: RecurrentState, keep_state: bool):
+    """Decode all sequences together, dropping each as it finishes. Returns the new tokens per request and,
+    with `keep_state`, each sequence's final state and the tokens it has not consumed."""
     generators = [torch.Generator().manual_seed(r.seed) for r in requests]
     outputs: list[list[int]] = [[] for _ in requests]
-    active = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]
-    if len(active) < len(requests):
-        logits, state = logits[active], state.select(active)
+    finals: list[RecurrentState | None] = [None] * len(requests)
+    pending: list[list[int]] = [[] for _ in requests]
+    active = list(range(len(requests)))
     while active:
         tokens = _next_tokens(logits, [requests[i] for i in active], [generators[i] for i in active])
         keep = []
         for slot, (i, tok) in enumerate(zip(active, tokens)):
             req = requests[i]
-            if tok == STOP_TOKEN:
-                continue
-            outputs[i].append(tok)
-            if len(outputs[i]) >= req.max_new_tokens or _hit_until(model, outputs[i], req.until):
-                continue
-            keep.append(slot)
+            if len(outputs[i]) >= req.max_new_tokens:
+                done = True
+            elif tok == STOP_TOKEN:
+                done, pending[i] = True, [tok]
+            else:
+                outputs[i].append(tok)
+                done = len(outputs[i]) >= req.max_new_tokens or _hit_until(model, outputs[i], req.until)
+                pending[i] = [tok]
+            if not done:
+                keep.append(slot)
+            elif keep_state:
+                finals[i] = state.select([slot])
         if not keep:
             break
         if len(keep) < len(active):
             state = state.select(keep)
         active = [active[s] for s in keep]
         logits = model.decode(torch.tensor([tokens[s] for s in keep]), state)
-    return [
-        Generation(answer_text(model, out, r.until), n, out) for r, out, n in zip(requests, outputs, prompt_lengths)
-    ]
+    return outputs, finals, pending
 
 
-def _hit_until(model: VisualRWKV, ids: list[int], until: tuple[str, ...]) -> bool:
-    if not until:
-        return False
-    tail = model.tokenizer.decode_bytes(ids[-64:])  # an until string is far shorter than 64 tokens
-    return any(s and s.encode("utf-8") in tail for s in until)
+@torch.inference_mode()
+def generate_batch(
+    model: VisualRWKV, requests: list[GenerationRequest], keep_state: bool = False
+) -> list[Generation] | tuple[list[Generation], Conversation]:
+    """Answer every request; the batch never changes any answer (each sequence keeps its own state).
+
+    With `keep_state`, also returns the `Conversation` to continue with `continue_batch`.
+    """
+    feats, errors = image_features(model, [r.image for r in requests])
+    ok = [i for i, e in enumerate(errors) if e is None]
+    seqs = [model.embed(model.prompt(requests[i].context, feats[i] is not None), feats[i]) for i in ok]
+    results = [Generation("", 0, [], e) for e in errors]
+    conversation = None
+    if ok:
+        logits, state = model.prefill(seqs)
+        outs, finals, pending = _decode(model, [requests[i] for i in ok], torch.cat(logits), state, keep_state)
+        for j, i in enumerate(ok):
+            results[i] = Generation(answer_text(model, outs[j], requests[i].until), seqs[j][0].shape[0], outs[j])
+        if keep_state:
+            rows = {i: j for j, i in enumerate(ok)}
+            conversation = Conversation(
+                RecurrentState.cat(finals), [rows.get(i, -1) for i in range(len(requests))], pending
+            )
+    return (results, conversation) if keep_state else results
+
+
+@torch.inference_mode()
+def continue_batch(
+    model: VisualRWKV, conversation: Conversation, requests: list[GenerationRequest]
+) -> tuple[list[Generation], Conversation]:
+    """A further user turn (request.context) for each conversation, prefilled on top of its state.
+
+    The previous answer turn is closed with "\\n\\n" as in the reference's training format; images of later
+    turns are not supported (the reference takes one image per conversation).
+    """
+    tok = model.tokenizer
+    ok = [i for i, row in enumerate(conversation.rows) if row >= 0]
+    state = conversation.state.select([conversation.rows[i] for i in ok])
+    seqs = []
+    for j, i in enumerate(ok):
+        closing = (
+            conversation.pending[j]
+            if conversation.pending[j] == [STOP_TOKEN]
+            else [*conversation.pending[j], STOP_TOKEN]
+        )
+        ids = closing + tok.encode(user_turn(requests[i].context, False)) + tok.encode("Assistant:")
+        seqs.append((model.rwkv.emb(torch.tensor(ids, device=model.device)), None))
+    results = [Generation("", 0, [], "no earlier turn to continue") for _ in requests]
+    if not ok:
+        return results, conversation
+    logits, state = model.prefill(seqs, state=state)
+    outs, finals, pending = _decode(model, [requests[i] for i in ok], torch.cat(logits), state, True)
+    for j, i in enumerate(ok):
+        results[i] = Generation(answer_text(model, outs[j], requests[i].until), seqs[j][0].shape[0], outs[j])
+    rows = {i: j for j, i in enumerate(ok)}
+    return results, Conversation(RecurrentState.cat(finals), [rows.get(i, -1) for i in range(len(requests))], pending)
 
 
 @torch.inference_mode()
@@ -124,18 +200,22 @@ def loglikelihood_batch(
 ) -> list[tuple[float, bool]]:
     """(sum of log-probs of `continuation` after the prompt of `context`, whether greedy decoding would
     produce it) for each (context, continuation, image)."""
-    feats = _image_features(model, [im for _, _, im in requests])
-    seqs, rows = [], []
+    feats, errors = image_features(model, [im for _, _, im in requests])
+    for e in errors:
+        if e:
+            raise ValueError(f"image could not be processed: {e}")
+    seqs, rows, conts = [], [], []
     for (context, continuation, _), img in zip(requests, feats):
         prompt_rows, first_patch = model.embed(model.prompt(context, img is not None), img)
         cont = model.tokenizer.encode(continuation)
         cont_rows = model.rwkv.emb(torch.tensor(cont, dtype=torch.long, device=model.device))
-        seqs.append((torch.cat([prompt_rows, cont_rows]), first_patch, cont))
+        seqs.append((torch.cat([prompt_rows, cont_rows]), first_patch))
         n = prompt_rows.shape[0]
         rows.append(list(range(n - 1, n - 1 + len(cont))))
-    logits, _ = model.prefill([(r, p) for r, p, _ in seqs], logit_rows=rows)
+        conts.append(cont)
+    logits, _ = model.prefill(seqs, logit_rows=rows)
     results = []
-    for lg, (_, _, cont) in zip(logits, seqs):
+    for lg, cont in zip(logits, conts):
         if not cont:
             results.append((0.0, True))
             continue

@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 
 from .config import RWKV6Config
+from .tokenizer import STOP_TOKEN
 from .vision import RELEASE_PREFIX, PilImageProcessor
 
 # (n_layer, n_embd) of the released models (spec 1.5) and of the test model
 SIZES = {"tiny": (4, 128), "1b6": (24, 2048), "3b": (32, 2560), "7b": (32, 4096)}
+TINY_STOP_LOGIT = 9.0
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -23,8 +25,15 @@ def size_config(size: str) -> RWKV6Config:
     return RWKV6Config.for_size(*SIZES[size])
 
 
-def random_rwkv_weights(cfg: RWKV6Config, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict:
-    """An RWKV-LM x060 state dict with weights in realistic ranges (decays spread over (0.07, 0.998))."""
+def random_rwkv_weights(
+    cfg: RWKV6Config, seed: int = 0, dtype: torch.dtype = torch.float32, stop_logit: float = 0.0
+) -> dict:
+    """An RWKV-LM x060 state dict with weights in realistic ranges (decays spread over (0.07, 0.998)).
+
+    `stop_logit` > 0 gives the stop token "\n\n" that much extra logit at every step, so that answers are
+    a few tokens long as real ones are, instead of running to max_new_tokens: the last channel of ln_out is
+    made a constant 1 that only the stop token's head row reads.
+    """
     gen = torch.Generator().manual_seed(seed)
     randn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     out = {}
@@ -47,8 +56,12 @@ def random_rwkv_weights(cfg: RWKV6Config, seed: int = 0, dtype: torch.dtype = to
             t = 3 * randn(*shape) / math.sqrt(shape[1])
         else:  # linear layers [out, in]
             t = randn(*shape) / math.sqrt(shape[1])
-        out[key] = t.to(dtype).contiguous()
-    return out
+        out[key] = t
+    if stop_logit:
+        out["ln_out.weight"][-1], out["ln_out.bias"][-1] = 0.0, 1.0
+        out["head.weight"][:, -1] = 0.0
+        out["head.weight"][STOP_TOKEN, -1] = stop_logit
+    return {k: t.to(dtype).contiguous() for k, t in out.items()}
 
 
 def clip_config(size: str):
@@ -75,8 +88,14 @@ def clip_processor(image_size: int):
     )  # fmt: skip
 
 
-def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
-    """Write OUT/model.pth (VisualRWKV keys: rwkv.*, proj.weight, vit.*) and OUT/vision_tower/ (HF CLIP)."""
+def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", stop_logit: float | None = None) -> Path:
+    """Write OUT/model.pth (VisualRWKV keys: rwkv.*, proj.weight, vit.*) and OUT/vision_tower/ (HF CLIP).
+
+    The tiny model's answers stop after a few tokens (stop_logit 9) unless `stop_logit` says otherwise;
+    real-shaped models get no such prior.
+    """
+    if stop_logit is None:
+        stop_logit = TINY_STOP_LOGIT if size == "tiny" else 0.0
     from transformers import CLIPVisionModel
 
     out = Path(out)
@@ -89,7 +108,7 @@ def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     clip.save_pretrained(tower)
     clip_processor(vcfg.image_size).save_pretrained(tower)
 
-    sd = {f"rwkv.{k}": v for k, v in random_rwkv_weights(cfg, seed, dtype).items()}
+    sd = {f"rwkv.{k}": v for k, v in random_rwkv_weights(cfg, seed, dtype, stop_logit).items()}
     gen = torch.Generator().manual_seed(seed + 1)
     sd["proj.weight"] = (torch.randn(cfg.n_embd, vcfg.hidden_size, generator=gen) / math.sqrt(vcfg.hidden_size)).to(
         dtype

@@ -62,12 +62,19 @@ class VisualRWKV(nn.Module):
         return 0 if self.vision is None else self.vision.num_patches + 1
 
     # ---- inputs ---------------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        """[B, P + 1, n_embd]: projected CLIP features, patches row-major then CLS."""
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """[B, 3, S, S] pixels, as the tower's CLIP image processor makes them."""
         if self.vision is None:
             raise ValueError("this checkpoint has no vision tower and projector (a plain RWKV-LM file): text only")
-        pixels = self.vision.preprocess(images)
+        return self.vision.preprocess(images)
+
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """[B, P + 1, n_embd]: projected CLIP features, patches row-major then CLS."""
+        return self.encode_pixels(self.preprocess(images))
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] preprocessed pixels -> [B, P + 1, n_embd]."""
         return self.proj(self.vision(pixels.to(self.device, self.dtype)))
 
     def prompt(self, question: str, has_image: bool) -> PromptIds:
@@ -147,7 +154,10 @@ class VisualRWKV(nn.Module):
         from .generate import GenerationRequest, generate_batch
 
         request = GenerationRequest(context, (images or [None])[0], max_new_tokens, tuple(until or ()), **sampling)
-        return generate_batch(self, [request])[0].text
+        result = generate_batch(self, [request])[0]
+        if result.error:
+            raise ValueError(f"cannot process the image: {result.error}")
+        return result.text
 
 
 def load_model(

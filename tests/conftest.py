@@ -13,7 +13,8 @@ torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 def tiny_dir(tmp_path_factory):
     from visualrwkv_eval.model.tiny import make_tiny
 
-    return make_tiny(tmp_path_factory.mktemp("tiny"), seed=0)
+    # no stop-token prior: answers run long, so fidelity tests cover many decode steps
+    return make_tiny(tmp_path_factory.mktemp("tiny"), seed=0, stop_logit=0.0)
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +34,25 @@ def tiny_variant(tiny_model):
         return m
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """The demo's tiny model (short answers) and the mini benchmarks with their rendered task YAMLs."""
+    from visualrwkv_eval.model.tiny import make_tiny
+    from visualrwkv_eval.tasks import prepare_mini
+
+    out = tmp_path_factory.mktemp("demo")
+    make_tiny(out / "tiny", seed=0)
+    prepare_mini(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lmms_model(demo_dir):
+    """One adapter instance for the whole session (it must survive repeated evaluations)."""
+    from visualrwkv_eval.lmms_model import VisualRWKV
+
+    tiny = demo_dir / "tiny"
+    return VisualRWKV(pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"), dtype="float32",
+                      batch_size=4)  # fmt: skip
