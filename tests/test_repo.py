@@ -17,6 +17,11 @@ def readme_commands() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
+def test_readme_opens_with_two_commands():
+    assert len(readme_commands()) == 2
+    assert "visualrwkv-eval demo" in readme_commands()[0]
+
+
 def test_ci_runs_the_readme_test_command():
     assert readme_commands()[-1] in (ROOT / ".ci" / "run").read_text().splitlines()
 

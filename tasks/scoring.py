@@ -1,0 +1,58 @@
+"""Task functions that lmms-eval's YAMLs point to (`!function visualrwkv_eval.tasks.scoring.<name>`): the
+paper protocol where it differs from lmms-eval's defaults, and MMBench scoring that needs no OpenAI API."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
+                  "artwork", "OCR")  # fmt: skip
+
+
+def pope_llava_answer(pred: str) -> str:
+    """LLaVA's eval_pope.py parse: the text before the first '.', 'no' if any word is No / no / not."""
+    words = pred.split(".")[0].replace(",", "").split(" ")
+    return "no" if any(w in ("No", "no", "not") for w in words) else "yes"
+
+
+def pope_llava_process_results(doc: dict, results: list[str]) -> dict:
+    from lmms_eval.tasks.pope.utils import pope_process_results
+
+    return pope_process_results(doc, [pope_llava_answer(results[0])])
+
+
+def mme_perception_docs(dataset: datasets.Dataset) -> datasets.Dataset:
+    return dataset.filter(lambda doc: doc["category"] in MME_PERCEPTION)
+
+
+def mmbench_reference_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """The reference evaluate.py's MMBench prompt: hint, question, options A-D up to the first missing one."""
+    question = doc["question"]
+    if doc.get("hint") not in (None, "", "nan"):
+        question = f"{doc['hint']}\n{question}"
+    for letter in "ABCD":
+        if doc.get(letter) in (None, "", "nan"):
+            break
+        question += f"\n{letter}. {doc[letter]}"
+    return question + (lmms_eval_specific_kwargs or {}).get("post_prompt", "")
+
+
+def _mmbench_static(results: list[dict], args, name: str) -> float:
+    """lmms-eval's MMBench CircularEval with its static (regex) answer extraction instead of GPT matching."""
+    from lmms_eval.tasks._task_utils.file_utils import generate_submission_file
+    from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
+
+    overall, category, l2_category = MMBench_Evaluator().eval_result(results, eval_method="static")
+    with open(generate_submission_file(f"{name}_static_results.json", args), "w") as f:
+        json.dump({"overall_acc": overall, "category_acc": category, "l2_category_acc": l2_category}, f)
+    return overall * 100
+
+
+def mmbench_en_static(results: list[dict], args) -> float:
+    return _mmbench_static(results, args, "mmbench_en_dev")
+
+
+def mmbench_cn_static(results: list[dict], args) -> float:
+    return _mmbench_static(results, args, "mmbench_cn_dev")

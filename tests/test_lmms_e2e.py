@@ -1,0 +1,157 @@
+"""End to end through lmms-eval: the real CLI on every mini task, the standard task names on local data,
+and the paper-protocol variants. lmms-eval's CLI exits 0 on failure, so these assert on the files it writes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from visualrwkv_eval.cli import offline_env, results_file
+
+METRICS = {
+    "vqav2_val": ["exact_match,none"],
+    "vqav2_test": ["submission,none"],
+    "gqa": ["exact_match,none"],
+    "scienceqa_img": ["exact_match,none"],
+    "textvqa_val": ["exact_match,none", "submission,none"],
+    "pope": [
+        "pope_accuracy,none",
+        "pope_precision,none",
+        "pope_recall,none",
+        "pope_f1_score,none",
+        "pope_yes_ratio,none",
+    ],
+    "mmbench_en_dev": ["gpt_eval_score,none", "submission,none"],
+    "mmbench_en_test": ["submission,none"],
+    "mmbench_cn_dev": ["gpt_eval_score,none", "submission,none"],
+    "mmbench_cn_test": ["submission,none"],
+    "mme": ["mme_perception_score,none", "mme_cognition_score,none"],
+}
+DATA = {  # mini data file of each task
+    "vqav2_val": "vqav2_validation", "vqav2_test": "vqav2_test", "gqa": "gqa_testdev",
+    "scienceqa_img": "scienceqa_img_test", "textvqa_val": "textvqa_validation", "pope": "pope_test",
+    "mmbench_en_dev": "mmbench_en_dev", "mmbench_en_test": "mmbench_en_test", "mmbench_cn_dev": "mmbench_cn_dev",
+    "mmbench_cn_test": "mmbench_cn_test", "mme": "mme_test",
+}  # fmt: skip
+
+
+def rows(demo_dir, name):
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(demo_dir / "data" / f"{name}.parquet").num_rows
+
+
+def run_cli(demo_dir, out, tasks, *extra):
+    tiny = demo_dir / "tiny"
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "visualrwkv",
+           "--model_args", f"pretrained={tiny / 'model.pth'},vision_tower={tiny / 'vision_tower'},dtype=float32",
+           "--tasks", tasks, "--batch_size", "8", "--log_samples", "--output_path", str(out),
+           "--process_docs_parallel", "1", "--verbosity", "DEBUG", *extra]  # fmt: skip
+    proc = subprocess.run(cmd, env=offline_env(demo_dir), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    path = results_file(out)
+    samples = {}
+    for f in path.parent.glob(f"{path.name.split('_results')[0]}_samples_*.jsonl"):
+        samples[f.stem.split("_samples_")[1]] = [json.loads(line) for line in f.read_text().splitlines()]
+    return json.loads(path.read_text()), samples, out
+
+
+@pytest.fixture(scope="module")
+def mini_runs(demo_dir, tmp_path_factory):
+    tasks = str(demo_dir / "tasks")
+    return [run_cli(demo_dir, tmp_path_factory.mktemp(f"run{i}"), "visualrwkv_mini", "--include_path", tasks)
+            for i in range(2)]  # fmt: skip
+
+
+def test_every_mini_task_through_the_cli(mini_runs, demo_dir):
+    results, samples, _ = mini_runs[0]
+    assert results["config"]["model_backend"] == "visualrwkv_eval.lmms_model.VisualRWKV (simple)"
+    for task, metrics in METRICS.items():
+        name = f"visualrwkv_mini_{task}"
+        assert set(metrics) <= set(results["results"][name]), (name, results["results"][name])
+        n = rows(demo_dir, DATA[task])
+        assert n >= 20
+        assert results["n-samples"][name] == {"original": n, "effective": n}
+        assert len(samples[name]) == n
+        assert all(s["token_counts"][0]["input_tokens"] > 0 for s in samples[name])
+
+
+def test_submission_files_are_written(mini_runs, demo_dir):
+    folder = mini_runs[0][2] / "submissions"
+    names = {p.name for p in folder.iterdir()}
+    assert {"mmbench_en_test_results.xlsx", "mmbench_cn_test_results.xlsx", "mmbench_en_dev_results.xlsx"} <= names
+    assert any(n.startswith("vqav2-test-submission-") for n in names)
+    assert any(n.startswith("textvqa_submission_") for n in names)
+    vqa = json.loads(next(folder.glob("vqav2-test-submission-*.json")).read_text())
+    assert len(vqa) == rows(demo_dir, "vqav2_test") and set(vqa[0]) == {"question_id", "answer"}
+
+
+def test_two_runs_are_identical(mini_runs):
+    (r1, s1, _), (r2, s2, _) = mini_runs
+    strip = lambda r: {t: {k: v for k, v in m.items() if "stderr" not in k} for t, m in r["results"].items()}  # noqa: E731
+    assert strip(r1) == strip(r2)
+    for task in s1:
+        assert [s["filtered_resps"] for s in s1[task]] == [s["filtered_resps"] for s in s2[task]]
+
+
+def test_standard_task_names_on_a_local_copy(demo_dir, tmp_path):
+    """The README's recipe: a directory of override YAMLs keeps lmms-eval's own task names."""
+    overrides = tmp_path / "overrides"
+    overrides.mkdir()
+    for task, split in (("mme", "test"), ("gqa", "testdev")):
+        cfg = {"task": task, "dataset_path": "parquet", "dataset_name": None,
+               "dataset_kwargs": {"data_files": {split: str(demo_dir / "data" / f"{DATA[task]}.parquet")}}}  # fmt: skip
+        if task == "gqa":
+            cfg["process_docs"] = None
+        (overrides / f"{task}.yaml").write_text(yaml.safe_dump(cfg))
+    results, samples, _ = run_cli(demo_dir, tmp_path / "out", str(overrides))
+    assert set(METRICS["mme"]) <= set(results["results"]["mme"])
+    assert "exact_match,none" in results["results"]["gqa"]
+    assert samples["mme"][0]["input"].endswith("\nAnswer the question using a single word or phrase.")
+
+
+def override(demo_dir, task, split, data):
+    return {"task": task, "dataset_path": "parquet", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {split: str(demo_dir / "data" / f"{data}.parquet")}}}  # fmt: skip
+
+
+def test_paper_protocol_variants(demo_dir, lmms_model, tmp_path, monkeypatch):
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    monkeypatch.chdir(tmp_path)  # submission files of the Python API land in ./submissions
+    manager = TaskManager(include_path=str(demo_dir / "tasks"), model_name="visualrwkv")
+    assert {"visualrwkv_paper", "visualrwkv_paper_pope", "visualrwkv_mini"} <= set(manager.all_groups)
+    tasks = [
+        override(demo_dir, "visualrwkv_paper_textvqa_val", "validation", "textvqa_validation"),
+        override(demo_dir, "visualrwkv_paper_mme", "test", "mme_test"),
+        override(demo_dir, "visualrwkv_paper_mmbench_en_dev", "dev", "mmbench_en_dev"),
+        override(demo_dir, "visualrwkv_paper_mmbench_cn_dev", "dev", "mmbench_cn_dev"),
+        override(demo_dir, "visualrwkv_paper_vqav2_testdev", "testdev", "vqav2_test"),
+        *(override(demo_dir, f"visualrwkv_paper_pope_{s}", split, f"pope_{split}")
+          for s, split in (("adv", "adversarial"), ("pop", "popular"), ("random", "random"))),
+    ]  # fmt: skip
+    out = simple_evaluate(model=lmms_model, tasks=tasks, task_manager=manager, process_docs_parallel=1)
+    res, samples = out["results"], out["samples"]
+    context = lambda sample: sample["arguments"][0]  # noqa: E731
+    ocr = context(samples["visualrwkv_paper_textvqa_val"][0])
+    assert "\nReference OCR token: " in ocr and ocr.endswith("\nAnswer the question using a single word or phrase.")
+    assert set(res["visualrwkv_paper_mme"]) >= {"mme_perception_score,none"}
+    assert "mme_cognition_score,none" not in res["visualrwkv_paper_mme"]
+    assert len(samples["visualrwkv_paper_mme"]) == 20  # the perception pairs of the mini MME only
+    for lang, suffix in (
+        ("en", "Answer with the option's letter from the given choices directly."),
+        ("cn", "请直接回答选项字母。"),
+    ):
+        for sample in samples[f"visualrwkv_paper_mmbench_{lang}_dev"]:
+            doc = sample["doc"]
+            options = "".join(f"\n{x}. {doc[x]}" for x in "ABCD" if doc[x] is not None)
+            hint = f"{doc['hint']}\n" if doc["hint"] else ""
+            assert context(sample) == f"{hint}{doc['question']}{options}\n{suffix}"  # evaluate.py's prompt
+    for s in ("adv", "pop", "random"):
+        assert "pope_f1_score,none" in res[f"visualrwkv_paper_pope_{s}"]
+        for sample in samples[f"visualrwkv_paper_pope_{s}"]:
+            assert sample["pope_accuracy"]["prediction"] in ("yes", "no")  # LLaVA parsing maps every answer
+    assert list((tmp_path / "submissions").glob("vqav2-test-submission-*.json"))

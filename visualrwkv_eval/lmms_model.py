@@ -1,0 +1,204 @@
+"""The lmms-eval model `visualrwkv`: request batching and result plumbing around visualrwkv_eval.model.
+
+Prompt templates, image handling and all model logic live in model/; this class turns lmms-eval requests
+into GenerationRequests, runs them in batches (splitting a batch that runs out of memory), and hands back
+answers with their token counts.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+from accelerate import Accelerator
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.api.model import lmms
+from loguru import logger
+from PIL import Image
+from tqdm import tqdm
+
+from visualrwkv_eval.model import (
+    DEFAULT_VISION_TOWER,
+    GenerationRequest,
+    continue_batch,
+    generate_batch,
+    load_model,
+    loglikelihood_batch,
+)
+
+MODEL_ARGS = ("pretrained", "vision_tower", "dtype", "device", "image_position", "scan", "kernel", "max_new_tokens")
+MAX_ROUNDS = 64  # a multi-round task that never signals its end
+# C0 control characters (but tab and newlines): meaningless in an answer, and lmms-eval's xlsx writers
+# (MMBench submissions) reject them after the whole run has been computed
+CONTROL = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
+
+
+class VisualRWKV(lmms):
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        vision_tower: str = DEFAULT_VISION_TOWER,
+        dtype: str | None = None,
+        device: str | None = None,
+        image_position: str = "middle",
+        scan: str = "bidirectional",
+        kernel: str = "auto",
+        max_new_tokens: int = 128,
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,
+        **unknown,
+    ) -> None:
+        super().__init__()
+        if unknown:
+            raise ValueError(f"unknown model_args {sorted(unknown)}; valid model_args: {', '.join(MODEL_ARGS)}")
+        if not pretrained:
+            raise ValueError("model_args needs pretrained=<path to a VisualRWKV .pth or .safetensors>")
+        self.accelerator = Accelerator()
+        self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+        if device is None or device == "cuda":
+            device = f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
+        self._device = torch.device(device)
+        self.model = load_model(
+            pretrained, vision_tower, dtype, self._device, scan=scan, image_position=image_position, kernel=kernel
+        )
+        self.max_new_tokens = int(max_new_tokens)
+        self.batch_size_per_gpu = int(batch_size)
+        if max_batch_size is not None:
+            self.batch_size_per_gpu = min(self.batch_size_per_gpu, int(max_batch_size))
+        self._warned_multi_image = False
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    def clean(self) -> None:
+        """Keep the weights: one instance serves several simple_evaluate calls (lmms.clean deletes them)."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ---- requests -> model inputs ---------------------------------------------------------------------
+    def _image(self, doc_to_visual, doc_id: int, task: str, split: str) -> tuple[Image.Image | None, str | None]:
+        """The request's first image, or the reason it has none usable."""
+        try:
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+        except Exception as e:  # an undecodable image must cost this sample only
+            return None, f"{type(e).__name__}: {e}"
+        visuals = [v for v in (visuals or []) if v is not None]
+        if not visuals:
+            return None, None
+        if len(visuals) > 1 and not self._warned_multi_image:
+            logger.warning(f"{task}: requests carry {len(visuals)} images; VisualRWKV takes one and uses the first")
+            self._warned_multi_image = True
+        if not isinstance(visuals[0], Image.Image):
+            return None, f"expected a PIL image, got {type(visuals[0]).__name__}"
+        return visuals[0], None
+
+    def _generation_request(self, context: str, gen_kwargs: dict, image, task: str, split: str, doc_id: int):
+        until = gen_kwargs.get("until") or ()
+        until = (until,) if isinstance(until, str) else tuple(until)
+        sample = bool(gen_kwargs.get("do_sample", False)) and float(gen_kwargs.get("temperature", 1.0)) > 0
+        return GenerationRequest(
+            context,
+            image,
+            max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
+            until=until,
+            temperature=float(gen_kwargs.get("temperature", 1.0)) if sample else 0.0,
+            top_p=float(gen_kwargs.get("top_p", 1.0) or 1.0),
+            seed=zlib.crc32(f"{task}/{split}/{doc_id}".encode()),  # sampling never depends on the batch
+        )
+
+    def _run(self, fn, items: list):
+        """fn(items) in one batch; on out-of-memory, in halves (answers do not depend on the batch)."""
+        try:
+            return fn(items)
+        except torch.OutOfMemoryError:
+            if len(items) == 1:
+                raise
+            torch.cuda.empty_cache()
+            logger.warning(f"out of memory on a batch of {len(items)}: retrying in halves")
+            half = len(items) // 2
+            return self._run(fn, items[:half]) + self._run(fn, items[half:])
+
+    def _batches(self, order: list[int]):
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    # ---- lmms-eval entry points -----------------------------------------------------------------------
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        prepared, failures = [], {}
+        for i, req in enumerate(requests):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            image, error = self._image(doc_to_visual, doc_id, task, split)
+            if error:
+                failures[i] = error
+            prepared.append(self._generation_request(context, gen_kwargs, image, task, split, doc_id))
+        # Long generations first, so that an out-of-memory batch shows up at once
+        order = sorted(range(len(requests)), key=lambda i: (-prepared[i].max_new_tokens, -len(prepared[i].context)))
+        order = [i for i in order if i not in failures]
+        results: list[GenerationResult] = [GenerationResult("", TokenCounts(0, 0)) for _ in requests]
+        with tqdm(total=len(requests), disable=self.rank != 0, desc="VisualRWKV") as bar:
+            bar.update(len(failures))
+            for batch in self._batches(order):
+                for i, gen in zip(
+                    batch, self._run(lambda b: generate_batch(self.model, [prepared[i] for i in b]), batch)
+                ):
+                    if gen.error:
+                        failures[i] = gen.error
+                    text = gen.text.translate(CONTROL)
+                    results[i] = GenerationResult(text, TokenCounts(gen.prompt_tokens, len(gen.new_tokens)))
+                bar.update(len(batch))
+        for i, error in sorted(failures.items()):
+            _, _, _, doc_id, task, split = requests[i].args
+            logger.warning(f"{task} doc {doc_id}: image could not be used ({error}); answering with an empty string")
+        return results
+
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        items = []
+        for req in requests:
+            context, target, doc_to_visual, doc_id, task, split = req.args
+            doc = self.task_dict[task][split][doc_id]
+            continuation = target(doc) if callable(target) else target
+            image, error = self._image(doc_to_visual, doc_id, task, split)
+            if error:
+                raise ValueError(f"{task} doc {doc_id}: image could not be used ({error})")
+            items.append((context, str(continuation), image))
+        out: list[tuple[float, bool]] = []
+        for batch in tqdm(list(self._batches(list(range(len(items))))), disable=self.rank != 0, desc="VisualRWKV"):
+            out.extend(self._run(lambda b: loglikelihood_batch(self.model, [items[i] for i in b]), batch))
+        return out
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
+        """Rounds follow lmms-eval's protocol (doc_to_text gives each next turn and the end signal); later
+        rounds are prefilled on top of the recurrent state, never re-reading the conversation."""
+        results: list[list[str]] = [[] for _ in requests]
+        for batch in tqdm(list(self._batches(list(range(len(requests))))), disable=self.rank != 0, desc="VisualRWKV"):
+            args = [requests[i].args for i in batch]
+            docs = [self.task_dict[a[5]][a[6]][a[4]] for a in args]
+            first = []
+            for context, gen_kwargs, doc_to_visual, _, doc_id, task, split in args:
+                image, _ = self._image(doc_to_visual, doc_id, task, split)
+                first.append(self._generation_request(context, gen_kwargs, image, task, split, doc_id))
+            gens, conversation = generate_batch(self.model, first, keep_state=True)
+            rounds = [[g.text.translate(CONTROL)] for g in gens]
+            info = [None] * len(batch)
+            for round_idx in range(1, MAX_ROUNDS):
+                steps = [
+                    a[3](doc, previous_output=rounds[j], round_idx=round_idx, previous_round_info=info[j])
+                    for j, (a, doc) in enumerate(zip(args, docs))
+                ]
+                _, contexts, terminal, round_res, info = zip(*steps)
+                if all(terminal):
+                    rounds = [list(r) for r in round_res]
+                    break
+                nxt = [self._generation_request(c, a[1], None, a[5], a[6], a[4]) for c, a in zip(contexts, args)]
+                gens, conversation = continue_batch(self.model, conversation, nxt)
+                rounds = [[*r, g.text.translate(CONTROL)] for r, g in zip(rounds, gens)]
+            for j, i in enumerate(batch):
+                results[i] = rounds[j]
+        return results
