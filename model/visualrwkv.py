@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from visualrwkv_eval.kernels import resolve_backend
+from visualrwkv_eval.kernels import KERNELS, resolve_backend
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import RWKV6Config
@@ -42,7 +42,8 @@ class VisualRWKV(nn.Module):
         self.proj = None if vision is None else nn.Linear(vision.hidden_size, config.n_embd, bias=False)
         self.tokenizer = world_tokenizer()
         self.scan, self.image_position, self.kernel = scan, image_position, kernel
-        resolve_backend(kernel, "cpu")  # reject an unknown kernel name now
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r}: expected one of {', '.join(KERNELS)}")
 
     @property
     def device(self) -> torch.device:
