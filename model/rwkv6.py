@@ -16,6 +16,7 @@ from torch import nn
 from visualrwkv_eval.kernels import wkv6_decode, wkv6_prefill
 
 from .config import HEAD_SIZE_DIVISOR, RWKV6Config
+from .rowwise import bmm, linear
 
 
 @dataclass
@@ -113,8 +114,8 @@ class TimeMix(nn.Module):
         """Data-dependent lerp between each row and its predecessor: inputs for w, k, v, r, g."""
         T = x.shape[0]
         xxx = x + xx * self.time_maa_x.view(-1)
-        m = torch.tanh(xxx @ self.time_maa_w1).view(T, 5, -1).transpose(0, 1)  # [5, T, D_mix]
-        m = torch.bmm(m, self.time_maa_w2)  # [5, T, C], in the order w, k, v, r, g
+        m = torch.tanh(linear(xxx, self.time_maa_w1.t())).view(T, 5, -1).transpose(0, 1)  # [5, T, D_mix]
+        m = bmm(m, self.time_maa_w2)  # [5, T, C], in the order w, k, v, r, g
         maa = (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g)
         return tuple(x + xx * (base.view(-1) + mi) for base, mi in zip(maa, m.unbind(0)))
 
@@ -123,17 +124,18 @@ class TimeMix(nn.Module):
         T, H, N = x.shape[0], self.n_head, self.head_size
         xw, xk, xv, xr, xg = self.ddlerp(x, token_shift(x, shift, pack) - x)
         shift.copy_(pack.last_rows(x))
-        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
-        g = F.silu(self.gate(xg))
+        r, k, v = linear(xr, self.receptance.weight), linear(xk, self.key.weight), linear(xv, self.value.weight)
+        g = F.silu(linear(xg, self.gate.weight))
         # log-log decay, formed in the model dtype as the reference does; the kernel takes exp(-exp(w))
-        w = self.time_decay.view(-1) + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        lora = linear(torch.tanh(linear(xw, self.time_decay_w1.t())), self.time_decay_w2.t())
+        w = self.time_decay.view(-1) + lora
         heads = (T, H, N)
         args = (r.view(heads), k.view(heads), v.view(heads), w.view(heads), self.time_faaaa, wkv)
         if pack.decode:
             y = wkv6_decode(*args, backend=backend)
         else:
             y = wkv6_prefill(*args, pack.cu_seqlens, backend=backend)
-        return self.output(self.ln_x(y.view(T, H * N)) * g)
+        return linear(self.ln_x(y.view(T, H * N)) * g, self.output.weight)
 
 
 class ChannelMix(nn.Module):
@@ -150,8 +152,9 @@ class ChannelMix(nn.Module):
         """x [T, C] (ln2 output) -> [T, C]; updates `shift` [B, C] in place."""
         xx = token_shift(x, shift, pack) - x
         shift.copy_(pack.last_rows(x))
-        k = torch.relu(self.key(x + xx * self.time_maa_k.view(-1))) ** 2
-        return torch.sigmoid(self.receptance(x + xx * self.time_maa_r.view(-1))) * self.value(k)
+        k = torch.relu(linear(x + xx * self.time_maa_k.view(-1), self.key.weight)) ** 2
+        r = torch.sigmoid(linear(x + xx * self.time_maa_r.view(-1), self.receptance.weight))
+        return r * linear(k, self.value.weight)
 
 
 class Block(nn.Module):
@@ -197,4 +200,4 @@ class RWKV6(nn.Module):
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(self.ln_out(hidden))
+        return linear(self.ln_out(hidden), self.head.weight)

@@ -12,6 +12,7 @@ from visualrwkv_eval.kernels import KERNELS, resolve_backend
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import RWKV6Config
 from .prompt import POSITIONS, PromptIds, prompt_ids
+from .rowwise import linear
 from .rwkv6 import RWKV6, Packing, RecurrentState
 from .scan import SCANS, layer_orders
 from .tokenizer import world_tokenizer
@@ -62,6 +63,16 @@ class VisualRWKV(nn.Module):
         """Rows an image occupies: P patches + CLS (577 for ViT-L/14-336)."""
         return 0 if self.vision is None else self.vision.num_patches + 1
 
+    def bytes_per_sequence(self, text_rows: int = 128) -> int:
+        """Memory one more sequence of a batch costs: its recurrent state, the widest per-layer activations of
+        its prefill (image rows + `text_rows`), its logits and its image in the tower."""
+        cfg, item = self.config, self.dtype.itemsize
+        state = cfg.n_layer * (2 * cfg.n_embd * item + cfg.n_head * cfg.head_size**2 * 4)
+        rows = self.image_rows + text_rows
+        activations = rows * (12 * cfg.n_embd + 2 * cfg.dim_ffn) * item
+        tower = 0 if self.vision is None else rows * self.vision.hidden_size * 16 * item
+        return state + activations + tower + 2 * cfg.vocab_size * 4
+
     # ---- inputs ---------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """[B, 3, S, S] pixels, as the tower's CLIP image processor makes them."""
@@ -75,8 +86,12 @@ class VisualRWKV(nn.Module):
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] preprocessed pixels -> [B, P + 1, n_embd]."""
-        return self.proj(self.vision(pixels.to(self.device, self.dtype)))
+        """[B, 3, S, S] preprocessed pixels -> [B, P + 1, n_embd]. On CPU one image at a time, so that an
+        image's features never depend on the batch (see rowwise.py); on CUDA the batch together."""
+        pixels = pixels.to(self.device, self.dtype)
+        groups = pixels.split(1) if self.device.type == "cpu" else [pixels]
+        feats = torch.cat([self.vision(group) for group in groups])
+        return linear(feats.flatten(0, 1), self.proj.weight).view(*feats.shape[:2], -1)
 
     def prompt(self, question: str, has_image: bool) -> PromptIds:
         return prompt_ids(self.tokenizer, question, has_image, self.image_position)
