@@ -2,13 +2,22 @@
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import RWKV6Config
-from .generate import Conversation, Generation, GenerationRequest, continue_batch, generate_batch, loglikelihood_batch
+from .generate import (
+    BatchStats,
+    Conversation,
+    Generation,
+    GenerationRequest,
+    continue_batch,
+    generate_batch,
+    loglikelihood_batch,
+)
 from .tokenizer import WorldTokenizer, world_tokenizer
 from .vision import VisionTowerError
 from .visualrwkv import DEFAULT_VISION_TOWER, VisualRWKV, load_model
 
 __all__ = [
     "DEFAULT_VISION_TOWER",
+    "BatchStats",
     "CheckpointError",
     "Conversation",
     "Generation",

@@ -7,6 +7,7 @@ further user turn is prefilled on top of it instead of re-reading the whole dial
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,19 @@ class Generation:
     prompt_tokens: int  # rows prefilled, image rows included
     new_tokens: list[int]
     error: str | None = None  # why the request could not be run (its image could not be processed)
+
+
+@dataclass
+class BatchStats:
+    """Where a batch's time went (accumulated over calls; CUDA work is synchronised before reading clocks)."""
+
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    def clock(self, device: torch.device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
 
 
 @dataclass
@@ -138,12 +152,15 @@ def _decode(model: VisualRWKV, requests, logits: torch.Tensor, state: RecurrentS
 
 @torch.inference_mode()
 def generate_batch(
-    model: VisualRWKV, requests: list[GenerationRequest], keep_state: bool = False
+    model: VisualRWKV, requests: list[GenerationRequest], keep_state: bool = False, stats: BatchStats | None = None
 ) -> list[Generation] | tuple[list[Generation], Conversation]:
     """Answer every request; the batch never changes any answer (each sequence keeps its own state).
 
-    With `keep_state`, also returns the `Conversation` to continue with `continue_batch`.
+    With `keep_state`, also returns the `Conversation` to continue with `continue_batch`; `stats` receives
+    the time spent in prefill (image encoding included) and in decode.
     """
+    stats = stats or BatchStats()
+    start = stats.clock(model.device)
     feats, errors = image_features(model, [r.image for r in requests])
     ok = [i for i, e in enumerate(errors) if e is None]
     seqs = [model.embed(model.prompt(requests[i].context, feats[i] is not None), feats[i]) for i in ok]
@@ -151,7 +168,10 @@ def generate_batch(
     conversation = None
     if ok:
         logits, state = model.prefill(seqs)
+        prefilled = stats.clock(model.device)
+        stats.prefill_seconds += prefilled - start
         outs, finals, pending = _decode(model, [requests[i] for i in ok], torch.cat(logits), state, keep_state)
+        stats.decode_seconds += stats.clock(model.device) - prefilled
         for j, i in enumerate(ok):
             results[i] = Generation(answer_text(model, outs[j], requests[i].until), seqs[j][0].shape[0], outs[j])
         if keep_state:

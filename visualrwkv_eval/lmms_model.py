@@ -7,6 +7,7 @@ answers with their token counts.
 
 from __future__ import annotations
 
+import os
 import zlib
 
 import torch
@@ -19,15 +20,18 @@ from tqdm import tqdm
 
 from visualrwkv_eval.model import (
     DEFAULT_VISION_TOWER,
+    BatchStats,
     GenerationRequest,
     continue_batch,
     generate_batch,
     load_model,
     loglikelihood_batch,
 )
+from visualrwkv_eval.throughput import Throughput
 
 MODEL_ARGS = ("pretrained", "vision_tower", "dtype", "device", "image_position", "scan", "kernel", "max_new_tokens")
 MAX_ROUNDS = 64  # a multi-round task that never signals its end
+AUTO_BATCH_CAP = 256  # batch_size=auto never goes beyond this unless max_batch_size says so
 # C0 control characters (but tab and newlines): meaningless in an answer, and lmms-eval's xlsx writers
 # (MMBench submissions) reject them after the whole run has been computed
 CONTROL = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
@@ -64,10 +68,21 @@ class VisualRWKV(lmms):
             pretrained, vision_tower, dtype, self._device, scan=scan, image_position=image_position, kernel=kernel
         )
         self.max_new_tokens = int(max_new_tokens)
-        self.batch_size_per_gpu = int(batch_size)
-        if max_batch_size is not None:
-            self.batch_size_per_gpu = min(self.batch_size_per_gpu, int(max_batch_size))
+        cap = int(max_batch_size) if max_batch_size is not None else AUTO_BATCH_CAP
+        self.batch_size_per_gpu = min(
+            cap, self._auto_batch_size() if str(batch_size).startswith("auto") else int(batch_size)
+        )
         self._warned_multi_image = False
+
+    def _auto_batch_size(self) -> int:
+        """As many sequences as 70% of the free memory holds (the model's own estimate per sequence)."""
+        if self._device.type == "cuda":
+            free = torch.cuda.mem_get_info(self._device)[0]
+        else:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        size = max(1, int(0.7 * free) // self.model.bytes_per_sequence())
+        logger.info(f"batch_size auto: {size} sequences for {free / 2**30:.1f} GiB free (capped at {AUTO_BATCH_CAP})")
+        return size
 
     @property
     def device(self) -> torch.device:
@@ -142,17 +157,23 @@ class VisualRWKV(lmms):
         order = sorted(range(len(requests)), key=lambda i: (-prepared[i].max_new_tokens, -len(prepared[i].context)))
         order = [i for i in order if i not in failures]
         results: list[GenerationResult] = [GenerationResult("", TokenCounts(0, 0)) for _ in requests]
+        throughput = Throughput(self._device)
         with tqdm(total=len(requests), disable=self.rank != 0, desc="VisualRWKV") as bar:
             bar.update(len(failures))
             for batch in self._batches(order):
-                for i, gen in zip(
-                    batch, self._run(lambda b: generate_batch(self.model, [prepared[i] for i in b]), batch)
-                ):
+                stats = BatchStats()
+                gens = self._run(
+                    lambda b, s=stats: generate_batch(self.model, [prepared[i] for i in b], stats=s), batch
+                )
+                for i, gen in zip(batch, gens):
                     if gen.error:
                         failures[i] = gen.error
                     text = gen.text.translate(CONTROL)
                     results[i] = GenerationResult(text, TokenCounts(gen.prompt_tokens, len(gen.new_tokens)))
+                tasks = [requests[i].args[4] for i in batch]
+                throughput.add_batch(tasks, [g.prompt_tokens for g in gens], [len(g.new_tokens) for g in gens], stats)
                 bar.update(len(batch))
+        throughput.report()
         for i, error in sorted(failures.items()):
             _, _, _, doc_id, task, split = requests[i].args
             logger.warning(f"{task} doc {doc_id}: image could not be used ({error}); answering with an empty string")
