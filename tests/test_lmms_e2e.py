@@ -43,11 +43,11 @@ def rows(demo_dir, name):
     return pq.read_metadata(demo_dir / "data" / f"{name}.parquet").num_rows
 
 
-def run_cli(demo_dir, out, tasks, *extra):
+def run_cli(demo_dir, out, tasks, *extra, batch_size=8, launcher=(sys.executable,)):
     tiny = demo_dir / "tiny"
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "visualrwkv",
+    cmd = [*launcher, "-m", "lmms_eval", "--model", "visualrwkv",
            "--model_args", f"pretrained={tiny / 'model.pth'},vision_tower={tiny / 'vision_tower'},dtype=float32",
-           "--tasks", tasks, "--batch_size", "8", "--log_samples", "--output_path", str(out),
+           "--tasks", tasks, "--batch_size", str(batch_size), "--log_samples", "--output_path", str(out),
            "--process_docs_parallel", "1", "--verbosity", "DEBUG", *extra]  # fmt: skip
     proc = subprocess.run(cmd, env=offline_env(demo_dir), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -58,11 +58,16 @@ def run_cli(demo_dir, out, tasks, *extra):
     return json.loads(path.read_text()), samples, out
 
 
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+
+
 @pytest.fixture(scope="module")
 def mini_runs(demo_dir, tmp_path_factory):
+    """The mini group through the CLI: twice at batch 8, then at batch 1, 3 and 32, then on 2 CPU processes."""
     tasks = str(demo_dir / "tasks")
-    return [run_cli(demo_dir, tmp_path_factory.mktemp(f"run{i}"), "visualrwkv_mini", "--include_path", tasks)
-            for i in range(2)]  # fmt: skip
+    settings = [{}, {}, {"batch_size": 1}, {"batch_size": 3}, {"batch_size": 32}, {"launcher": TORCHRUN}]
+    return [run_cli(demo_dir, tmp_path_factory.mktemp(f"run{i}"), "visualrwkv_mini", "--include_path", tasks, **kw)
+            for i, kw in enumerate(settings)]  # fmt: skip
 
 
 def test_every_mini_task_through_the_cli(mini_runs, demo_dir):
@@ -88,12 +93,27 @@ def test_submission_files_are_written(mini_runs, demo_dir):
     assert len(vqa) == rows(demo_dir, "vqav2_test") and set(vqa[0]) == {"question_id", "answer"}
 
 
+def metrics(results):
+    return {t: {k: v for k, v in m.items() if "stderr" not in k} for t, m in results["results"].items()}
+
+
+def answers(samples):
+    return {task: sorted((s["doc_id"], s["filtered_resps"]) for s in rows) for task, rows in samples.items()}
+
+
 def test_two_runs_are_identical(mini_runs):
-    (r1, s1, _), (r2, s2, _) = mini_runs
-    strip = lambda r: {t: {k: v for k, v in m.items() if "stderr" not in k} for t, m in r["results"].items()}  # noqa: E731
-    assert strip(r1) == strip(r2)
-    for task in s1:
-        assert [s["filtered_resps"] for s in s1[task]] == [s["filtered_resps"] for s in s2[task]]
+    (r1, s1, _), (r2, s2, _) = mini_runs[:2]
+    assert metrics(r1) == metrics(r2)
+    assert answers(s1) == answers(s2)
+
+
+@pytest.mark.parametrize(("run", "how"), [(2, "batch 1"), (3, "batch 3"), (4, "batch 32"), (5, "2 processes")])
+def test_batch_size_and_process_count_change_no_answer(mini_runs, run, how):
+    results, samples, _ = mini_runs[run]
+    reference_results, reference_samples, _ = mini_runs[0]
+    assert answers(samples) == answers(reference_samples), how
+    assert metrics(results) == metrics(reference_results), how
+    assert results["n-samples"] == reference_results["n-samples"]
 
 
 def test_standard_task_names_on_a_local_copy(demo_dir, tmp_path):
