@@ -10,10 +10,12 @@ import torch
 
 from .config import RWKV6Config
 from .tokenizer import STOP_TOKEN
-from .vision import RELEASE_PREFIX, PilImageProcessor
+from .vision import RELEASE_PREFIX, PilImageProcessor, VisionTower
+from .visualrwkv import VisualRWKV
 
 # (n_layer, n_embd) of the released models (spec 1.5) and of the test model
-SIZES = {"tiny": (4, 128), "1b6": (24, 2048), "3b": (32, 2560), "7b": (32, 4096)}
+# "small" is a CPU benchmark shape (RWKV-169M-like), not a release
+SIZES = {"tiny": (4, 128), "small": (12, 768), "1b6": (24, 2048), "3b": (32, 2560), "7b": (32, 4096)}
 TINY_STOP_LOGIT = 9.0
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -26,7 +28,11 @@ def size_config(size: str) -> RWKV6Config:
 
 
 def random_rwkv_weights(
-    cfg: RWKV6Config, seed: int = 0, dtype: torch.dtype = torch.float32, stop_logit: float = 0.0
+    cfg: RWKV6Config,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    stop_logit: float = 0.0,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """An RWKV-LM x060 state dict with weights in realistic ranges (decays spread over (0.07, 0.998)).
 
@@ -34,20 +40,20 @@ def random_rwkv_weights(
     a few tokens long as real ones are, instead of running to max_new_tokens: the last channel of ln_out is
     made a constant 1 that only the stop token's head row reads.
     """
-    gen = torch.Generator().manual_seed(seed)
-    randn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    gen = torch.Generator(device).manual_seed(seed)
+    randn = lambda *s: torch.randn(*s, generator=gen, device=device)  # noqa: E731
     out = {}
     for key, shape in cfg.expected_shapes().items():
         name = key.rsplit(".", 1)[-1] if "." in key else key
         if key.endswith("time_decay"):
-            ramp = torch.linspace(0, 1, shape[-1]) ** 0.7
+            ramp = torch.linspace(0, 1, shape[-1], device=device) ** 0.7
             t = (-6 + 5 * ramp + 0.3 * randn(shape[-1])).view(shape)
         elif key.endswith("time_faaaa"):
             t = 0.5 * randn(*shape)
         elif "time_maa_w" in key or "time_decay_w" in key:  # LoRA factors
             t = 0.1 * randn(*shape)
         elif "time_maa" in key:
-            t = torch.rand(*shape, generator=gen)
+            t = torch.rand(*shape, generator=gen, device=device)
         elif ".ln" in key or key.startswith("ln_out"):
             t = (1.0 if name == "weight" else 0.0) + 0.1 * randn(*shape)
         elif key == "emb.weight":
@@ -56,12 +62,12 @@ def random_rwkv_weights(
             t = 3 * randn(*shape) / math.sqrt(shape[1])
         else:  # linear layers [out, in]
             t = randn(*shape) / math.sqrt(shape[1])
-        out[key] = t
+        out[key] = t.to(dtype)  # one tensor at a time: a 7B model never sits in fp32
     if stop_logit:
         out["ln_out.weight"][-1], out["ln_out.bias"][-1] = 0.0, 1.0
         out["head.weight"][:, -1] = 0.0
         out["head.weight"][STOP_TOKEN, -1] = stop_logit
-    return {k: t.to(dtype).contiguous() for k, t in out.items()}
+    return out
 
 
 def clip_config(size: str):
@@ -88,6 +94,34 @@ def clip_processor(image_size: int):
     )  # fmt: skip
 
 
+def random_parts(size: str, seed: int, dtype: torch.dtype, device: str | torch.device, stop_logit: float):
+    """(config, RWKV weights, projector weight, CLIP vision model, image processor), all random."""
+    from transformers import CLIPVisionModel
+
+    cfg, vcfg = size_config(size), clip_config(size)
+    torch.manual_seed(seed)  # transformers initialises from the global generator
+    with torch.device(device):
+        clip = CLIPVisionModel(vcfg).to(dtype)
+    gen = torch.Generator(device).manual_seed(seed + 1)
+    proj = torch.randn(cfg.n_embd, vcfg.hidden_size, generator=gen, device=device) / math.sqrt(vcfg.hidden_size)
+    weights = random_rwkv_weights(cfg, seed, dtype, stop_logit, device)
+    return cfg, weights, proj.to(dtype), clip, clip_processor(vcfg.image_size)
+
+
+def random_model(
+    size: str, seed: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **kw
+) -> VisualRWKV:
+    """A random-weight VisualRWKV built in memory (no files): for benchmarks of real shapes."""
+    cfg, weights, proj, clip, processor = random_parts(size, seed, dtype, device, stop_logit=0.0)
+    with torch.device("meta"):
+        model = VisualRWKV(cfg, None, **kw)
+    model.rwkv.load_state_dict(weights, assign=True)
+    model.vision = VisionTower(clip.eval(), processor)
+    model.proj = torch.nn.Linear(proj.shape[1], proj.shape[0], bias=False, device="meta")
+    model.proj.load_state_dict({"weight": proj}, assign=True)
+    return model.eval()
+
+
 def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", stop_logit: float | None = None) -> Path:
     """Write OUT/model.pth (VisualRWKV keys: rwkv.*, proj.weight, vit.*) and OUT/vision_tower/ (HF CLIP).
 
@@ -96,23 +130,13 @@ def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", stop_logit: fl
     """
     if stop_logit is None:
         stop_logit = TINY_STOP_LOGIT if size == "tiny" else 0.0
-    from transformers import CLIPVisionModel
-
     out = Path(out)
-    cfg = size_config(size)
     dtype = torch.float32 if size == "tiny" else torch.bfloat16
-    vcfg = clip_config(size)
-    torch.manual_seed(seed)  # transformers initialises from the global generator
-    clip = CLIPVisionModel(vcfg).to(dtype)
-    tower = out / "vision_tower"
-    clip.save_pretrained(tower)
-    clip_processor(vcfg.image_size).save_pretrained(tower)
-
-    sd = {f"rwkv.{k}": v for k, v in random_rwkv_weights(cfg, seed, dtype, stop_logit).items()}
-    gen = torch.Generator().manual_seed(seed + 1)
-    sd["proj.weight"] = (torch.randn(cfg.n_embd, vcfg.hidden_size, generator=gen) / math.sqrt(vcfg.hidden_size)).to(
-        dtype
-    )
+    _, weights, proj, clip, processor = random_parts(size, seed, dtype, "cpu", stop_logit)
+    clip.save_pretrained(out / "vision_tower")
+    processor.save_pretrained(out / "vision_tower")
+    sd = {f"rwkv.{k}": v.contiguous() for k, v in weights.items()}
+    sd["proj.weight"] = proj
     for k, v in clip.state_dict().items():  # the release spelling, whatever the transformers version
         sd[f"vit.{RELEASE_PREFIX}{k.removeprefix(RELEASE_PREFIX)}"] = v.contiguous()
     torch.save(sd, out / "model.pth")

@@ -2,12 +2,7 @@
 # GPU check of the CuPy WKV6 kernels: the GPU tests, then the kernel benchmark ($OUT/kernels.json).
 # Needs torch, CuPy and pytest; not lmms-eval, datasets or transformers. Under 5 minutes on one H100.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-python3 -c "import visualrwkv_eval.kernels" 2>/dev/null ||
-    python3 -m pip install --no-deps --no-build-isolation -e . || exit 1
-OUT="${OUT:-./bench_results}"
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+source "$(dirname "$0")/gpu_env.sh"
 
 # Both steps run even if the first fails: one GPU session should bring back all the evidence.
 python3 -m pytest -q -m gpu tests/test_kernels.py 2>&1 | tee "$OUT/test_kernels.log"

@@ -224,7 +224,7 @@ def mme_rows(rng: random.Random) -> list[dict]:
             a, b = scene.shapes
             right, wrong = {
                 "existence": (f"Is there a {a.kind} in this image?", f"Is there a {_absent(scene)} in this image?"),
-                "count": (f"Are there {_count_word(scene, a.kind)} {a.kind}s in the image?",
+                "count": (f"Are there {NUMBERS[scene.count(a.kind)]} {a.kind}s in the image?",
                           f"Are there {NUMBERS[scene.count(a.kind) + 2]} {a.kind}s in the image?"),
                 "color": (f"Is there a {a.colour} {a.kind} in the image?",
                           f"Is there a {_other_colour(scene, a)} {a.kind} in the image?"),
@@ -249,10 +249,6 @@ def mme_rows(rng: random.Random) -> list[dict]:
 
 def _absent(scene: Scene) -> str:
     return next(k for k in SHAPES if not scene.count(k))
-
-
-def _count_word(scene: Scene, kind: str) -> str:
-    return NUMBERS[scene.count(kind)]
 
 
 def _other_colour(scene: Scene, shape: Shape) -> str:

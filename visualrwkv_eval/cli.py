@@ -1,4 +1,4 @@
-"""The `visualrwkv-eval` command line: make-tiny, tasks, demo."""
+"""The `visualrwkv-eval` command line: make-tiny, tasks, demo, bench."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from visualrwkv_eval.model.tiny import SIZES
 
 MINI_NOTE = (
     "The demo model has random weights: its scores are meaningless. The run proves the pipeline (model, "
@@ -76,6 +78,18 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"\nresults: {path}\nsamples: {path.parent}\n{MINI_NOTE}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from visualrwkv_eval.bench import DTYPES, eval_throughput, length, roofline
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+    if getattr(args, "lengths", "") is None:
+        args.lengths = "1024,2048,4096,8192,16384,24576" if device.type == "cuda" else "1024,2048,4096,8192"
+    {"length": length, "eval": eval_throughput, "roofline": roofline}[args.what].run(args, device, dtype)
+
+
 def _mini_tasks(tasks: Path) -> list[str]:
     import yaml
 
@@ -88,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("make-tiny", help="write a random-weight VisualRWKV (model.pth + vision_tower/)")
     p.add_argument("out", help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="tiny", choices=["tiny", "1b6", "3b", "7b"])
+    p.add_argument("--size", default="tiny", choices=list(SIZES))
     p.set_defaults(func=_make_tiny)
     p = sub.add_parser("tasks", help="write the mini benchmarks and the task YAMLs (mini and paper protocol)")
     p.add_argument("out", help="output folder (data/ and tasks/ go there)")
@@ -98,6 +112,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", help="output folder (tiny model, data, task YAMLs, results)")
     p.add_argument("--batch_size", type=int, default=8)
     p.set_defaults(func=_demo)
+    p = sub.add_parser("bench", help="performance: length, eval or roofline (JSON + PNG)")
+    bench = p.add_subparsers(dest="what", required=True)
+    for name, text in (("length", "decode latency and memory against inference length, vs a Transformer"),
+                       ("eval", "samples/s on a GQA-like workload, vs the reference protocol"),
+                       ("roofline", "decode / prefill against the device's bandwidth / matmul bounds")):  # fmt: skip
+        b = bench.add_parser(name, help=text)
+        b.add_argument("--size", default="small", choices=list(SIZES), help="random weights of this shape")
+        b.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+        b.add_argument(
+            "--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default: bf16 on CUDA"
+        )
+        b.add_argument("--kernel", default="auto", choices=["auto", "cupy", "torch"])
+        b.add_argument("--out", default="bench_results", help="folder for the JSON and PNG")
+        if name == "length":
+            b.add_argument("--lengths", default=None, help="comma-separated; default 1K..24K on CUDA, 1K..8K on CPU")
+            b.add_argument("--steps", type=int, default=16, help="decode steps timed at each length")
+        elif name == "eval":
+            b.add_argument("--samples", type=int, default=24)
+            b.add_argument("--batch-sizes", default="8", help="comma-separated batch sizes to try")
+        else:
+            b.add_argument("--prompt", type=int, default=640, help="prefill length")
+            b.add_argument("--steps", type=int, default=16, help="decode steps timed")
+    p.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     args.func(args)
 

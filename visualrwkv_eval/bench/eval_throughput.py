@@ -1,0 +1,108 @@
+"""bench eval: samples/s on a GQA-like workload (one image, a short question, answers of 1-3 tokens, the
+sandwich prompt), this project at batch 1 and batched, against the reference protocol, which runs batch 1 and
+re-runs the whole sequence for every new token (the reference evaluate.py), in one run."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from visualrwkv_eval.model import GenerationRequest, generate_batch
+from visualrwkv_eval.model.tiny import random_model
+from visualrwkv_eval.model.tokenizer import STOP_TOKEN
+
+from . import bar_chart, environment, save, synchronize
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+
+
+def workload(n: int, image_size: int) -> list[GenerationRequest]:
+    """GQA-like requests; answer i is 1 + i % 3 tokens, so each request predicts 2 + i % 3 next tokens (the
+    last of which is where a real model emits the stop token)."""
+    rng = random.Random(0)
+    requests = []
+    for i in range(n):
+        image = Image.new("RGB", (image_size, image_size), rng.choice(COLOURS))
+        margin = image_size // 8
+        ImageDraw.Draw(image).ellipse(
+            (margin, margin, image_size - margin, image_size - margin), fill=rng.choice(COLOURS)
+        )
+        question = f"What color is the {rng.choice(['circle', 'ball', 'disc'])}?\nAnswer the question using a single word or phrase."
+        requests.append(GenerationRequest(question, image, max_new_tokens=2 + i % 3))
+    return requests
+
+
+@torch.inference_mode()
+def reference_protocol(model, request: GenerationRequest) -> list[int]:
+    """evaluate.py's loop: batch 1, and for every new token the whole sequence again from an empty state."""
+    feats = model.encode_images([request.image])[0]
+    rows, first_patch = model.embed(model.prompt(request.context, True), feats)
+    out = []
+    for _ in range(request.max_new_tokens):
+        (logits,), _ = model.prefill([(rows, first_patch)])
+        token = int(logits[0].argmax())
+        if token == STOP_TOKEN:
+            break
+        out.append(token)
+        rows = torch.cat([rows, model.rwkv.emb(torch.tensor([token], device=model.device))])
+    return out
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    synchronize(device)
+    start = time.perf_counter()
+    value = fn()
+    synchronize(device)
+    return time.perf_counter() - start, value
+
+
+def ours(model, requests, batch_size: int) -> list[list[int]]:
+    out = []
+    for start in range(0, len(requests), batch_size):
+        out += [g.new_tokens for g in generate_batch(model, requests[start : start + batch_size])]
+    return out
+
+
+def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Path:
+    model = random_model(args.size, dtype=dtype, device=device, kernel=args.kernel)
+    requests = workload(args.samples, model.vision.clip.config.image_size)
+    ours(model, requests[:2], 2)  # warm-up: kernels, allocator
+    t_ref, ref_tokens = timed(lambda: [reference_protocol(model, r) for r in tqdm(requests, desc="reference")], device)
+    t_b1, b1_tokens = timed(lambda: ours(model, requests, 1), device)
+    batched = {}
+    for bs in tqdm([int(b) for b in args.batch_sizes.split(",")], desc="batch sizes"):
+        batched[bs], tokens = timed(lambda bs=bs: ours(model, requests, bs), device)
+        assert tokens == b1_tokens, f"batch {bs} changed an answer"
+    best = min(batched, key=batched.get)
+    n = len(requests)
+    result = {
+        "benchmark": "eval",
+        **environment(device, dtype),
+        "size": args.size,
+        "samples": n,
+        "workload": "one image, a short question, sandwich prompt, answers of 1-3 tokens (+ the stop prediction)",
+        "reference_protocol_samples_per_s": n / t_ref,
+        "batch_1_samples_per_s": n / t_b1,
+        "batched_samples_per_s": {str(bs): n / t for bs, t in batched.items()},
+        "best_batch_size": best,
+        "speedup_batch_1": t_ref / t_b1,
+        "speedup_best": t_ref / batched[best],
+        "answers_match_reference": ref_tokens == b1_tokens,
+    }
+    out = Path(args.out)
+    path = save(result, out, f"eval_{args.size}")
+    labels = ["reference protocol", "ours, batch 1", *[f"ours, batch {bs}" for bs in batched]]
+    values = [result["reference_protocol_samples_per_s"], result["batch_1_samples_per_s"],
+              *result["batched_samples_per_s"].values()]  # fmt: skip
+    title = f"GQA-like eval, {args.size}, {result['dtype']}, {result['device']}"
+    bar_chart(out / f"eval_{args.size}.png", labels, values, "samples / s", title)
+    print(f"samples/s: reference protocol {n / t_ref:.2f}, ours batch 1 {n / t_b1:.2f} ({t_ref / t_b1:.1f}x), "
+          f"batch {best} {n / batched[best]:.2f} ({t_ref / batched[best]:.1f}x); answers match: "
+          f"{result['answers_match_reference']}  -> {path}")  # fmt: skip
+    return path

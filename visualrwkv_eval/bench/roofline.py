@@ -1,0 +1,80 @@
+"""bench roofline: batch-1 decode as a fraction of the memory-bandwidth bound (every weight read once per
+token) and prefill as a fraction of the matmul bound (2 x non-embedding parameters FLOP per token), against
+the device's own bandwidth and matmul rate measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from visualrwkv_eval.model.tiny import random_model
+
+from . import bar_chart, environment, save, seconds
+
+
+def bandwidth_bytes_per_s(device: torch.device) -> float:
+    """A large device-to-device copy: bytes read plus bytes written, per second."""
+    n = (2 << 30 if device.type == "cuda" else 256 << 20) // 4
+    src = torch.empty(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / seconds(lambda: dst.copy_(src), device, reps=10, warmup=2)
+
+
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype) -> float:
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / seconds(lambda: a @ b, device, reps=10, warmup=2)
+
+
+@torch.inference_mode()
+def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Path:
+    bandwidth, flops = bandwidth_bytes_per_s(device), matmul_flops_per_s(device, dtype)
+    model = random_model(args.size, dtype=dtype, device=device, kernel=args.kernel)
+    cfg = model.config
+    lm_params = sum(p.numel() for p in model.rwkv.parameters())
+    embedding = cfg.vocab_size * cfg.n_embd
+    read_per_token = (lm_params - embedding + cfg.n_embd) * dtype.itemsize  # one embedding row, every other weight
+    flop_per_token = 2 * (lm_params - embedding)
+    ids = torch.randint(1, 65530, (args.prompt,), generator=torch.Generator().manual_seed(0)).to(device)
+    rows = model.rwkv.emb(ids)
+    prefill = seconds(lambda: model.prefill([(rows, None)]), device, reps=5, warmup=1)
+    (logits,), state = model.prefill([(rows, None)])
+    token = logits.argmax(-1)
+    decode = seconds(lambda: model.decode(token, state), device, reps=args.steps, warmup=3)
+    decode_bound, prefill_bound = bandwidth / read_per_token, flops / flop_per_token
+    result = {
+        "benchmark": "roofline",
+        **environment(device, dtype),
+        "size": args.size,
+        "kernel": model.backend,
+        "language_model_parameters": lm_params,
+        "measured_bandwidth_gb_per_s": bandwidth / 1e9,
+        "measured_matmul_tflop_per_s": flops / 1e12,
+        "decode": {
+            "batch": 1,
+            "tokens_per_s": 1 / decode,
+            "bytes_per_token": read_per_token,
+            "bound_tokens_per_s": decode_bound,
+            "fraction_of_bound": (1 / decode) / decode_bound,
+        },
+        "prefill": {
+            "prompt_tokens": args.prompt,
+            "tokens_per_s": args.prompt / prefill,
+            "flop_per_token": flop_per_token,
+            "bound_tokens_per_s": prefill_bound,
+            "fraction_of_bound": (args.prompt / prefill) / prefill_bound,
+        },
+    }
+    out = Path(args.out)
+    path = save(result, out, f"roofline_{args.size}")
+    labels = ["decode (batch 1)", f"prefill ({args.prompt} tokens)"]
+    values = [result["decode"]["fraction_of_bound"], result["prefill"]["fraction_of_bound"]]
+    title = f"{args.size}, {result['dtype']}, {result['device']}"
+    bar_chart(out / f"roofline_{args.size}.png", labels, values, "fraction of the roofline bound", title, top=1)
+    print(f"decode {1 / decode:.1f} tokens/s = {result['decode']['fraction_of_bound']:.0%} of the bandwidth bound; "
+          f"prefill {args.prompt / prefill:.0f} tokens/s = {result['prefill']['fraction_of_bound']:.0%} of the matmul "
+          f"bound  -> {path}")  # fmt: skip
+    return path
