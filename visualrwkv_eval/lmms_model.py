@@ -203,7 +203,9 @@ class VisualRWKV(lmms):
             docs = [self.task_dict[a[5]][a[6]][a[4]] for a in args]
             first = []
             for context, gen_kwargs, doc_to_visual, _, doc_id, task, split in args:
-                image, _ = self._image(doc_to_visual, doc_id, task, split)
+                image, error = self._image(doc_to_visual, doc_id, task, split)
+                if error:
+                    logger.warning(f"{task} doc {doc_id}: image could not be used ({error}); going on without it")
                 first.append(self._generation_request(context, gen_kwargs, image, task, split, doc_id))
             gens, conversation = generate_batch(self.model, first, keep_state=True)
             rounds = [[g.text.translate(CONTROL)] for g in gens]
