@@ -7,6 +7,7 @@ A Transformer reads its whole KV cache for every new token; VisualRWKV reads a c
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 import torch
@@ -65,10 +66,12 @@ def transformer_point(model, length: int, steps: int, device: torch.device) -> d
     ids = torch.randint(1, 32000, (1, length), generator=torch.Generator().manual_seed(length)).to(device)
     peak_memory_reset(device)
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    # transformers 5 renamed past_key_values to cache
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache, token = out[key], out.logits[:, -1:].argmax(-1)
 
     def step():
-        model(input_ids=token, past_key_values=cache, use_cache=True)  # the cache grows by one token per step
+        model(input_ids=token, use_cache=True, **{key: cache})  # the cache grows by one token per step
 
     latency = seconds(step, device, reps=steps, warmup=3)
     cfg = model.config
