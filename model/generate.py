@@ -150,6 +150,24 @@ def _decode(model: VisualRWKV, requests, logits: torch.Tensor, state: RecurrentS
     return outputs, finals, pending
 
 
+def _answer(
+    model: VisualRWKV, requests, ok: list[int], seqs, state, keep_state: bool, results: list, stats: BatchStats
+) -> Conversation | None:
+    """Prefill `seqs` (one per request index in `ok`) from `state`, decode, and fill `results`."""
+    start = stats.clock(model.device)
+    logits, state = model.prefill(seqs, state=state)
+    prefilled = stats.clock(model.device)
+    outs, finals, pending = _decode(model, [requests[i] for i in ok], torch.cat(logits), state, keep_state)
+    stats.prefill_seconds += prefilled - start
+    stats.decode_seconds += stats.clock(model.device) - prefilled
+    for j, i in enumerate(ok):
+        results[i] = Generation(answer_text(model, outs[j], requests[i].until), seqs[j][0].shape[0], outs[j])
+    if not keep_state:
+        return None
+    rows = {i: j for j, i in enumerate(ok)}
+    return Conversation(RecurrentState.cat(finals), [rows.get(i, -1) for i in range(len(requests))], pending)
+
+
 @torch.inference_mode()
 def generate_batch(
     model: VisualRWKV, requests: list[GenerationRequest], keep_state: bool = False, stats: BatchStats | None = None
@@ -162,23 +180,14 @@ def generate_batch(
     stats = stats or BatchStats()
     start = stats.clock(model.device)
     feats, errors = image_features(model, [r.image for r in requests])
+    stats.prefill_seconds += stats.clock(model.device) - start
     ok = [i for i, e in enumerate(errors) if e is None]
     seqs = [model.embed(model.prompt(requests[i].context, feats[i] is not None), feats[i]) for i in ok]
     results = [Generation("", 0, [], e) for e in errors]
-    conversation = None
     if ok:
-        logits, state = model.prefill(seqs)
-        prefilled = stats.clock(model.device)
-        stats.prefill_seconds += prefilled - start
-        outs, finals, pending = _decode(model, [requests[i] for i in ok], torch.cat(logits), state, keep_state)
-        stats.decode_seconds += stats.clock(model.device) - prefilled
-        for j, i in enumerate(ok):
-            results[i] = Generation(answer_text(model, outs[j], requests[i].until), seqs[j][0].shape[0], outs[j])
-        if keep_state:
-            rows = {i: j for j, i in enumerate(ok)}
-            conversation = Conversation(
-                RecurrentState.cat(finals), [rows.get(i, -1) for i in range(len(requests))], pending
-            )
+        conversation = _answer(model, requests, ok, seqs, None, keep_state, results, stats)
+    else:  # every image failed: nothing ran, nothing to continue
+        conversation = Conversation(model.new_state(0), [-1] * len(requests))
     return (results, conversation) if keep_state else results
 
 
@@ -193,25 +202,17 @@ def continue_batch(
     """
     tok = model.tokenizer
     ok = [i for i, row in enumerate(conversation.rows) if row >= 0]
-    state = conversation.state.select([conversation.rows[i] for i in ok])
     seqs = []
-    for j, i in enumerate(ok):
-        closing = (
-            conversation.pending[j]
-            if conversation.pending[j] == [STOP_TOKEN]
-            else [*conversation.pending[j], STOP_TOKEN]
-        )
+    for i in ok:
+        pending = conversation.pending[conversation.rows[i]]
+        closing = pending if pending == [STOP_TOKEN] else [*pending, STOP_TOKEN]
         ids = closing + tok.encode(user_turn(requests[i].context, False)) + tok.encode("Assistant:")
         seqs.append((model.rwkv.emb(torch.tensor(ids, device=model.device)), None))
     results = [Generation("", 0, [], "no earlier turn to continue") for _ in requests]
     if not ok:
         return results, conversation
-    logits, state = model.prefill(seqs, state=state)
-    outs, finals, pending = _decode(model, [requests[i] for i in ok], torch.cat(logits), state, True)
-    for j, i in enumerate(ok):
-        results[i] = Generation(answer_text(model, outs[j], requests[i].until), seqs[j][0].shape[0], outs[j])
-    rows = {i: j for j, i in enumerate(ok)}
-    return results, Conversation(RecurrentState.cat(finals), [rows.get(i, -1) for i in range(len(requests))], pending)
+    state = conversation.state.select([conversation.rows[i] for i in ok])
+    return results, _answer(model, requests, ok, seqs, state, True, results, BatchStats())
 
 
 @torch.inference_mode()

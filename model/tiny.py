@@ -113,13 +113,7 @@ def random_model(
 ) -> VisualRWKV:
     """A random-weight VisualRWKV built in memory (no files): for benchmarks of real shapes."""
     cfg, weights, proj, clip, processor = random_parts(size, seed, dtype, device, stop_logit=0.0)
-    with torch.device("meta"):
-        model = VisualRWKV(cfg, None, **kw)
-    model.rwkv.load_state_dict(weights, assign=True)
-    model.vision = VisionTower(clip.eval(), processor)
-    model.proj = torch.nn.Linear(proj.shape[1], proj.shape[0], bias=False, device="meta")
-    model.proj.load_state_dict({"weight": proj}, assign=True)
-    return model.eval()
+    return VisualRWKV.from_weights(cfg, weights, proj, VisionTower(clip.eval(), processor), **kw)
 
 
 def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", stop_logit: float | None = None) -> Path:

@@ -46,6 +46,23 @@ class VisualRWKV(nn.Module):
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r}: expected one of {', '.join(KERNELS)}")
 
+    @classmethod
+    def from_weights(
+        cls,
+        config: RWKV6Config,
+        rwkv: dict[str, torch.Tensor],
+        proj: torch.Tensor | None,
+        vision: VisionTower | None,
+        **options,
+    ) -> VisualRWKV:
+        """The model over existing tensors (assigned, not copied: a checkpoint stays memory-mapped)."""
+        with torch.device("meta"):
+            model = cls(config, vision, **options)
+        model.rwkv.load_state_dict(rwkv, strict=True, assign=True)
+        if vision is not None:
+            model.proj.load_state_dict({"weight": proj}, assign=True)
+        return model.eval()
+
     @property
     def device(self) -> torch.device:
         return self.rwkv.head.weight.device
@@ -202,11 +219,6 @@ def load_model(
             f"{ckpt.path}: proj.weight takes {ckpt.proj.shape[1]} features but the vision tower "
             f"{vision_tower} gives {vision.hidden_size}"
         )
-    with torch.device("meta"):
-        model = VisualRWKV(ckpt.config, None, scan=scan, image_position=image_position, kernel=kernel)
-    model.rwkv.load_state_dict(ckpt.rwkv, strict=True, assign=True)
-    if vision is not None:
-        model.vision = vision
-        model.proj = nn.Linear(vision.hidden_size, ckpt.config.n_embd, bias=False, device="meta")
-        model.proj.load_state_dict({"weight": ckpt.proj}, assign=True)
-    return model.to(device=device, dtype=dtype).eval()
+    options = dict(scan=scan, image_position=image_position, kernel=kernel)
+    model = VisualRWKV.from_weights(ckpt.config, ckpt.rwkv, ckpt.proj, vision, **options)
+    return model.to(device=device, dtype=dtype)
