@@ -24,6 +24,15 @@ def test_unknown_model_arg_lists_the_valid_ones(demo_dir):
         adapter.VisualRWKV(pretrained=str(demo_dir / "tiny" / "model.pth"), temprature=0)
 
 
+def test_batch_size_auto_and_cap(demo_dir):
+    args = dict(pretrained=str(demo_dir / "tiny" / "model.pth"), vision_tower=str(demo_dir / "tiny" / "vision_tower"))
+    auto = adapter.VisualRWKV(**args, batch_size="auto")
+    assert 1 <= auto.batch_size <= adapter.AUTO_BATCH_CAP
+    assert adapter.VisualRWKV(**args, batch_size="auto", max_batch_size=3).batch_size == min(3, auto.batch_size)
+    assert adapter.VisualRWKV(**args, batch_size="500").batch_size == 500
+    assert adapter.VisualRWKV(**args, batch_size=500, max_batch_size=7).batch_size == 7
+
+
 def test_missing_checkpoint_fails_before_any_data_set_loads(tmp_path):
     from lmms_eval.evaluator import simple_evaluate
 

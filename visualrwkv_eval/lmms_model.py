@@ -31,7 +31,7 @@ from visualrwkv_eval.throughput import Throughput
 
 MODEL_ARGS = ("pretrained", "vision_tower", "dtype", "device", "image_position", "scan", "kernel", "max_new_tokens")
 MAX_ROUNDS = 64  # a multi-round task that never signals its end
-AUTO_BATCH_CAP = 256  # batch_size=auto never goes beyond this unless max_batch_size says so
+AUTO_BATCH_CAP = 256  # batch_size=auto never goes beyond this unless max_batch_size says otherwise
 # C0 control characters (but tab and newlines): meaningless in an answer, and lmms-eval's xlsx writers
 # (MMBench submissions) reject them after the whole run has been computed
 CONTROL = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
@@ -68,10 +68,11 @@ class VisualRWKV(lmms):
             pretrained, vision_tower, dtype, self._device, scan=scan, image_position=image_position, kernel=kernel
         )
         self.max_new_tokens = int(max_new_tokens)
-        cap = int(max_batch_size) if max_batch_size is not None else AUTO_BATCH_CAP
-        self.batch_size_per_gpu = min(
-            cap, self._auto_batch_size() if str(batch_size).startswith("auto") else int(batch_size)
-        )
+        if str(batch_size).startswith("auto"):
+            size = min(self._auto_batch_size(), AUTO_BATCH_CAP if max_batch_size is None else int(max_batch_size))
+        else:
+            size = int(batch_size) if max_batch_size is None else min(int(batch_size), int(max_batch_size))
+        self.batch_size_per_gpu = size
         self._warned_multi_image = False
 
     def _auto_batch_size(self) -> int:
@@ -81,7 +82,7 @@ class VisualRWKV(lmms):
         else:
             free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         size = max(1, int(0.7 * free) // self.model.bytes_per_sequence())
-        logger.info(f"batch_size auto: {size} sequences for {free / 2**30:.1f} GiB free (capped at {AUTO_BATCH_CAP})")
+        logger.info(f"batch_size auto: room for {size} sequences in {free / 2**30:.1f} GiB free memory")
         return size
 
     @property
