@@ -182,3 +182,21 @@ def test_loglikelihood_requests(lmms_model):
 def test_clean_keeps_the_weights(lmms_model):
     lmms_model.clean()
     assert isinstance(lmms_model.model.rwkv.head.weight, torch.Tensor)
+
+
+def test_multi_round_conversations_may_end_at_different_rounds(lmms_model):
+    def doc_to_text(doc, previous_output, round_idx, previous_round_info):
+        if round_idx < doc["rounds"]:
+            return None, f"And round {round_idx}?", False, previous_output, None
+        return None, None, True, previous_output, None
+
+    docs = [{"visuals": lambda: [colour_image(7)], "rounds": n} for n in (1, 3, 2)]
+    lmms_model.task_dict = {"mr": {"test": docs}}
+
+    def request(i):
+        args = (QUESTION, {"max_new_tokens": 6}, lambda d: d["visuals"](), doc_to_text, i, "mr", "test")
+        return Instance("generate_until_multi_round", args, i, {"task": "mr", "doc_id": i, "repeats": 1})
+
+    together = lmms_model.generate_until_multi_round([request(i) for i in range(3)])
+    assert [len(r) for r in together] == [1, 3, 2]
+    assert together == [lmms_model.generate_until_multi_round([request(i)])[0] for i in range(3)]

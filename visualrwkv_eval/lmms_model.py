@@ -210,19 +210,23 @@ class VisualRWKV(lmms):
                 first.append(self._generation_request(context, gen_kwargs, image, task, split, doc_id))
             gens, conversation = generate_batch(self.model, first, keep_state=True)
             rounds = [[g.text.translate(CONTROL)] for g in gens]
-            info = [None] * len(batch)
+            info, contexts = [None] * len(batch), [""] * len(batch)
+            final: list[list[str] | None] = [None] * len(batch)
             for round_idx in range(1, MAX_ROUNDS):
-                steps = [
-                    a[3](doc, previous_output=rounds[j], round_idx=round_idx, previous_round_info=info[j])
-                    for j, (a, doc) in enumerate(zip(args, docs))
-                ]
-                _, contexts, terminal, round_res, info = zip(*steps)
-                if all(terminal):
-                    rounds = [list(r) for r in round_res]
+                for j, (a, doc) in enumerate(zip(args, docs)):
+                    if final[j] is None:
+                        _, contexts[j], end, res, info[j] = a[3](
+                            doc, previous_output=rounds[j], round_idx=round_idx, previous_round_info=info[j]
+                        )
+                        if end:
+                            final[j], conversation.rows[j] = list(res), -1  # this conversation is over
+                if all(f is not None for f in final):
                     break
-                nxt = [self._generation_request(c, a[1], None, a[5], a[6], a[4]) for c, a in zip(contexts, args)]
+                nxt = [self._generation_request(c or "", a[1], None, a[5], a[6], a[4]) for c, a in zip(contexts, args)]
                 gens, conversation = continue_batch(self.model, conversation, nxt)
-                rounds = [[*r, g.text.translate(CONTROL)] for r, g in zip(rounds, gens)]
+                rounds = [
+                    r if f is not None else [*r, g.text.translate(CONTROL)] for r, f, g in zip(rounds, final, gens)
+                ]
             for j, i in enumerate(batch):
-                results[i] = rounds[j]
+                results[i] = final[j] if final[j] is not None else rounds[j]
         return results
