@@ -34,22 +34,28 @@ def patch_order(scan: str, layer: int, num_patches: int) -> torch.Tensor | None:
 
 
 def layer_orders(
-    scan: str, n_layer: int, total: int, patch_starts: list[int], num_patches: int
+    scan: str,
+    n_layer: int,
+    total: int,
+    patch_starts: list[int],
+    num_patches: int,
+    device: torch.device | str = "cpu",
 ) -> list[torch.Tensor | None]:
-    """For each layer, the row gather index over a packed batch of `total` rows (None: identity).
+    """For each layer, the row gather index over a packed batch of `total` rows (None: identity), on `device`.
 
-    `patch_starts` holds the packed row of the first patch of every image segment.
+    `patch_starts` holds the packed row of the first patch of every image segment. Every scan repeats with
+    period 4 in the layer, so at most four indices are built and the layers share them.
     """
     if not patch_starts:
         return [None] * n_layer
-    orders: list[torch.Tensor | None] = []
-    for layer in range(n_layer):
-        order = patch_order(scan, layer, num_patches)
+    built: dict[int, torch.Tensor | None] = {}
+    for phase in range(min(4, n_layer)):
+        order = patch_order(scan, phase, num_patches)
         if order is None:
-            orders.append(None)
+            built[phase] = None
             continue
         rows = torch.arange(total)
         for start in patch_starts:
             rows[start : start + num_patches] = order + start
-        orders.append(rows)
-    return orders
+        built[phase] = rows.to(device)
+    return [built[layer % 4] for layer in range(n_layer)]

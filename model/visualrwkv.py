@@ -150,8 +150,7 @@ class VisualRWKV(nn.Module):
         pack = Packing.from_lengths(lengths, self.device)
         offsets = pack.cu_seqlens[:-1].tolist()
         starts = [off + p for off, (_, p) in zip(offsets, seqs) if p is not None]
-        orders = layer_orders(self.scan, self.config.n_layer, sum(lengths), starts, self.image_rows - 1)
-        orders = [None if o is None else o.to(self.device) for o in orders]
+        orders = layer_orders(self.scan, self.config.n_layer, sum(lengths), starts, self.image_rows - 1, self.device)
         if state is None:
             state = self.new_state(len(seqs))
         hidden = self.rwkv(torch.cat([rows for rows, _ in seqs]), state, pack, orders, self.backend)
