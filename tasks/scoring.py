@@ -4,6 +4,7 @@ paper protocol where it differs from lmms-eval's defaults, and MMBench scoring t
 from __future__ import annotations
 
 import json
+import re
 
 import datasets
 
@@ -27,16 +28,26 @@ def mme_perception_docs(dataset: datasets.Dataset) -> datasets.Dataset:
     return dataset.filter(lambda doc: doc["category"] in MME_PERCEPTION)
 
 
-def mmbench_reference_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    """The reference evaluate.py's MMBench prompt: hint, question, options A-D up to the first missing one."""
-    question = doc["question"]
-    if doc.get("hint") not in (None, "", "nan"):
-        question = f"{doc['hint']}\n{question}"
-    for letter in "ABCD":
-        if doc.get(letter) in (None, "", "nan"):
-            break
-        question += f"\n{letter}. {doc[letter]}"
-    return question + (lmms_eval_specific_kwargs or {}).get("post_prompt", "")
+def sqa_reference_answer(pred: str, n_choices: int) -> str | None:
+    """The reference eval/eval_science_qa.py parse: a bare letter A-E, "X. ...", or exactly one
+    "The answer is X." (regex as written there); None where it reports FAILED or the letter is past the
+    last choice."""
+    options = "ABCDE"
+    if pred in options:
+        letter = pred
+    elif len(pred) >= 3 and pred[0] in options and pred[1:3] == ". ":
+        letter = pred[0]
+    else:
+        found = re.findall(r"The answer is ([A-Z]).", pred)
+        letter = found[0] if len(found) == 1 else None
+    return letter if letter is not None and letter in options[:n_choices] else None
+
+
+def sqa_reference_process_results(doc: dict, results: list[str]) -> dict:
+    """ScienceQA-IMG accuracy as the reference scores it (lmms-eval's parser also takes "a" or "B." but not
+    "The answer is B.")."""
+    letter = sqa_reference_answer(results[0].strip(), len(doc["choices"]))
+    return {"exact_match": float(letter is not None and "ABCDE".index(letter) == doc["answer"])}
 
 
 def _mmbench_static(results: list[dict], args, name: str) -> float:
