@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .config import RWKV6Config
+from .config import WORLD_VOCAB_SIZE, RWKV6Config
 
 
 class CheckpointError(ValueError):
@@ -35,13 +35,76 @@ def _few(keys, n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def _what_file_is_this(path: Path) -> str | None:
+    """Why the file cannot be a checkpoint, judged from its first bytes (None: it may be one).
+
+    A failed download is far more common than a malicious file, so the common look-alikes get a message
+    that says what the file is and how to get the real one.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if not head:
+        return f"{path} is empty (0 bytes): download it again"
+    if head.startswith(b"version https://git-lfs"):  # https://github.com/git-lfs/git-lfs/blob/main/docs/spec.md
+        return (
+            f"{path} is a Git LFS pointer file ({size} bytes), not the weights: the repository was cloned without "
+            "its large files; run `git lfs pull` in it, or download the file itself (e.g. `hf download`)"
+        )
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in text:
+        return (
+            f"{path} is an HTML page ({size} bytes), not a checkpoint: the download saved a web page (a login, "
+            "error or preview page) instead of the file; download it again, e.g. `hf download <repo> <file>` or a "
+            "URL with /resolve/ instead of /blob/"
+        )
+    if path.suffix == ".safetensors":
+        header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+        if not (0 < header_len < size and head[8:9] == b"{"):
+            return f"cannot read {path}: not a safetensors file (no JSON header): a truncated or corrupt download?"
+    elif not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or its legacy pickle
+        return (
+            f"cannot read {path}: not a PyTorch checkpoint (neither a zip archive nor a legacy torch file; it starts "
+            f"with {head[:16]!r}): a truncated or corrupt download, or another kind of file"
+        )
+    return None
+
+
+def _torch_load(path: Path):
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as e:  # torch.load fails with many exception types on damaged files
+        # The weights-only unpickler names a refused GLOBAL (a class or function the pickle wants to call);
+        # any other unpickling error is damage, not code.
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):
+            raise CheckpointError(
+                f"refusing to load {path}: it holds objects other than tensors, and loading never unpickles code"
+            ) from e
+        # (torch's own message for those talks about trusting the source, which misleads here)
+        detail = "its pickle is damaged" if isinstance(e, pickle.UnpicklingError) else str(e).split("\n")[0][:200]
+        raise CheckpointError(
+            f"cannot read {path}: truncated or corrupt checkpoint ({type(e).__name__}: {detail})"
+        ) from e
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A flat {name: tensor} dict from a .pth (weights_only, memory-mapped) or .safetensors file."""
-    path = Path(path)
+    """A flat {name: tensor} dict from a .pth (weights_only, memory-mapped) or .safetensors file.
+
+    The tensors may still live in the file's memory map; `load_model` copies what it keeps.
+    """
+    path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint is not a file: {path}")
+    problem = _what_file_is_this(path)
+    if problem:
+        raise CheckpointError(problem)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -50,19 +113,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(path)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"cannot read {path}: truncated or corrupt safetensors file ({e})") from e
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as e:  # torch.load fails with many exception types on damaged files
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
-            raise CheckpointError(
-                f"refusing to load {path}: it holds objects other than tensors, and loading never unpickles code"
-            ) from e
-        raise CheckpointError(f"cannot read {path}: truncated or corrupt checkpoint ({type(e).__name__}: {e})") from e
+    obj = _torch_load(path)
     # Lightning / DeepSpeed wrappers keep the weights one level down.
     if isinstance(obj, dict) and len(obj) <= 4:
         for wrapper in ("state_dict", "module"):
@@ -107,18 +158,67 @@ def split_families(sd: dict[str, torch.Tensor], path: Path):
     return dict(sd), None, {}
 
 
+def _not_float(sd: dict[str, torch.Tensor]) -> list[str]:
+    # CLIP checkpoints may carry an integer position_ids buffer, which the tower rebuilds itself
+    return [f"{k} ({v.dtype})" for k, v in sd.items() if not v.is_floating_point() and not k.endswith("position_ids")]
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in `t`: one fused reduction, no tensor-sized temporary (see nonfinite_tensors)."""
+    return bool(torch.isfinite(t.amax()) and torch.isfinite(t.amin()))
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """'name (n NaN, m inf)' for every floating tensor holding NaN or inf.
+
+    amax/amin propagate NaN and reach +-inf, so two allocation-free passes decide; the counts are computed
+    only for the culprits. (Measured against torch.isfinite(t).all() on a 1B6-shaped checkpoint: see README.)
+    """
+    bad = []
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel() and not _finite(t):
+            bad.append(f"{name} ({int(t.isnan().sum())} NaN, {int(t.isinf().sum())} inf)")
+    return bad
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights with NaN or inf: they turn every answer into garbage that would still be scored."""
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{where}: non-finite weights (NaN or inf) in {len(bad)} tensor(s): {_few(bad, 4)}; the file is "
+            "damaged or its training diverged, and it cannot give meaningful answers"
+        )
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read, split and validate a VisualRWKV v6 (or plain RWKV-LM x060) checkpoint."""
-    path = Path(path)
-    rwkv, proj, vit = split_families(read_state_dict(path), path)
+    """Read, split and validate a VisualRWKV v6 (or plain RWKV-LM x060) checkpoint.
+
+    Refused: files that are no checkpoint (with what they are), other RWKV generations, missing, unexpected
+    or misshapen keys, non-float tensors, vocabularies the World tokenizer cannot serve, NaN / inf weights.
+    """
+    path = Path(path).expanduser()
+    sd = read_state_dict(path)
+    rwkv, proj, vit = split_families(sd, path)
     version = detect_rwkv_version(rwkv)
     if version != "x060":
         what = "no RWKV blocks found" if version == "unknown" else f"detected RWKV {version}"
         raise CheckpointError(f"{path}: not an RWKV-6 (x060) checkpoint: {what}; VisualRWKV v6 needs x060 weights")
+    not_float = _not_float(sd)
+    if not_float:
+        raise CheckpointError(
+            f"{path}: tensors of a non-floating dtype: {_few(not_float)}; weights must be float32, bfloat16 or float16"
+        )
     try:
         config = RWKV6Config.from_state_dict(rwkv)
     except KeyError as e:
         raise CheckpointError(f"{path}: missing key {e} needed to infer the model shape") from e
+    if config.vocab_size != WORLD_VOCAB_SIZE:
+        raise CheckpointError(
+            f"{path}: emb.weight has a vocabulary of {config.vocab_size} tokens; VisualRWKV-6 reads and writes text "
+            f"with the RWKV World tokenizer, which needs exactly {WORLD_VOCAB_SIZE} (a model trained with another "
+            "tokenizer cannot be evaluated here)"
+        )
     expected = config.expected_shapes()
     missing, unexpected = expected.keys() - rwkv.keys(), rwkv.keys() - expected.keys()
     if missing:
@@ -130,4 +230,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: shape mismatch for {config}: {_few(wrong, 3)}")
     if proj is not None and (proj.ndim != 2 or proj.shape[0] != config.n_embd):
         raise CheckpointError(f"{path}: proj.weight has shape {tuple(proj.shape)}; expected [{config.n_embd}, D]")
+    check_finite(sd, str(path))
     return Checkpoint(path=path, config=config, rwkv=rwkv, proj=proj, vit=vit)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 HEAD_SIZE_DIVISOR = 8  # GroupNorm eps = 1e-5 * 8**2 (spec 1.4)
+WORLD_VOCAB_SIZE = 65536  # emb / head rows of every RWKV World model (token ids 1..65529 in use)
 
 
 @dataclass(frozen=True)
@@ -19,14 +20,14 @@ class RWKV6Config:
     dim_ffn: int
     d_mix: int  # ddlerp LoRA rank (32; 64 for n_embd >= 4096)
     d_decay: int  # decay LoRA rank (64; 128 for n_embd >= 4096)
-    vocab_size: int = 65536
+    vocab_size: int = WORLD_VOCAB_SIZE
 
     @property
     def dim_att(self) -> int:
         return self.n_head * self.head_size
 
     @staticmethod
-    def for_size(n_layer: int, n_embd: int, vocab_size: int = 65536) -> RWKV6Config:
+    def for_size(n_layer: int, n_embd: int, vocab_size: int = WORLD_VOCAB_SIZE) -> RWKV6Config:
         """The shapes RWKV-LM builds for a given depth and width (spec 1.4)."""
         wide = n_embd >= 4096
         return RWKV6Config(

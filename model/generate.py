@@ -7,6 +7,8 @@ further user turn is prefilled on top of it instead of re-reading the whole dial
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +30,47 @@ class GenerationRequest:
     temperature: float = 0.0  # 0: greedy (the reference)
     top_p: float = 1.0
     seed: int = 0
+    label: str = ""  # who asked (the adapter: "<task> doc <id>"), named in errors
+
+    def __post_init__(self) -> None:
+        check_request(self)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_request(req: GenerationRequest) -> None:
+    """Refuse settings that can only give empty or garbage answers, naming the argument and what is allowed:
+    a setting that is wrong is wrong for every document, so it must fail before the first answer."""
+    if not isinstance(req.context, str):
+        raise TypeError(f"context: expected a str, got {type(req.context).__name__}")
+    n = req.max_new_tokens
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"max_new_tokens={n!r}: expected a whole number >= 1")
+    if not isinstance(req.until, tuple) or not all(isinstance(u, str) for u in req.until):
+        raise TypeError(f"until={req.until!r}: expected a tuple of strings")
+    if not _is_real(req.temperature) or not math.isfinite(req.temperature) or req.temperature < 0:
+        raise ValueError(f"temperature={req.temperature!r}: expected a finite number >= 0 (0: greedy)")
+    if not _is_real(req.top_p) or not 0 < req.top_p <= 1:  # top_p 0 would leave no token to sample
+        raise ValueError(f"top_p={req.top_p!r}: expected a number in (0, 1] (1: no nucleus cut)")
+    if isinstance(req.seed, bool) or not isinstance(req.seed, numbers.Integral):
+        raise TypeError(f"seed={req.seed!r}: expected an int")
+    if req.image is not None and not isinstance(req.image, Image.Image):
+        raise TypeError(f"image: expected a PIL image or None, got {type(req.image).__name__}")
+
+
+class NonFiniteLogitsError(FloatingPointError):
+    """The model produced NaN or inf logits: no answer can be read from them, and a garbage answer would still
+    be scored, so the run stops. `labels` name the requests (their `label`, else their index in the batch)."""
+
+    def __init__(self, labels: list[str], at: str, dtype: torch.dtype):
+        self.labels = labels
+        hint = " (float16 overflows in large models: try dtype=bfloat16)" if dtype == torch.float16 else ""
+        super().__init__(
+            f"non-finite logits (NaN or inf) for {', '.join(labels)} {at}{hint}: "
+            "the model's numbers are broken, so no answer is given"
+        )
 
 
 @dataclass
@@ -93,8 +136,13 @@ def image_features(model: VisualRWKV, images: list[Image.Image | None]):
     return feats, errors
 
 
-def _next_tokens(logits: torch.Tensor, requests: list[GenerationRequest], generators) -> list[int]:
-    greedy = logits.argmax(-1).tolist()  # on the model-dtype logits, as the reference does
+def _next_tokens(logits: torch.Tensor, requests: list[GenerationRequest], generators) -> tuple[list[int], list[int]]:
+    """The next token of each sequence, and the rows whose logits are not all finite (never answered)."""
+    # the finiteness flags travel with the greedy tokens: one device-to-host copy per step, as before
+    greedy, finite = torch.stack([logits.argmax(-1), torch.isfinite(logits).all(-1).long()]).tolist()
+    bad = [i for i, ok in enumerate(finite) if not ok]
+    if bad:
+        return greedy, bad
     out = []
     for i, req in enumerate(requests):
         if req.temperature <= 0:
@@ -106,7 +154,7 @@ def _next_tokens(logits: torch.Tensor, requests: list[GenerationRequest], genera
             drop = sorted_p.cumsum(0) - sorted_p >= req.top_p  # keep the smallest head reaching top_p
             probs[idx[drop]] = 0.0
         out.append(int(torch.multinomial(probs, 1, generator=generators[i])))
-    return out
+    return out, []
 
 
 def _hit_until(model: VisualRWKV, ids: list[int], until: tuple[str, ...]) -> bool:
@@ -125,7 +173,10 @@ def _decode(model: VisualRWKV, requests, logits: torch.Tensor, state: RecurrentS
     pending: list[list[int]] = [[] for _ in requests]
     active = list(range(len(requests)))
     while active:
-        tokens = _next_tokens(logits, [requests[i] for i in active], [generators[i] for i in active])
+        tokens, bad = _next_tokens(logits, [requests[i] for i in active], [generators[i] for i in active])
+        if bad:
+            labels = [requests[active[s]].label or f"request {active[s]} of the batch" for s in bad]
+            raise NonFiniteLogitsError(labels, f"at generated token {len(outputs[active[bad[0]]]) + 1}", model.dtype)
         keep = []
         for slot, (i, tok) in enumerate(zip(active, tokens)):
             req = requests[i]
@@ -236,11 +287,13 @@ def loglikelihood_batch(
         conts.append(cont)
     logits, _ = model.prefill(seqs, logit_rows=rows)
     results = []
-    for lg, cont in zip(logits, conts):
+    for (context, _, _), lg, cont in zip(requests, logits, conts):
         if not cont:
             results.append((0.0, True))
             continue
         target = torch.tensor(cont, device=lg.device)
         logp = torch.log_softmax(lg.float(), -1).gather(1, target[:, None]).sum().item()
+        if not math.isfinite(logp):  # a NaN score would be compared and scored like any other
+            raise NonFiniteLogitsError([f"context {context[:60]!r}"], "when scoring a continuation", model.dtype)
         results.append((logp, bool((lg.argmax(-1) == target).all())))
     return results

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checkpoint import nonfinite_tensors
+
 try:  # transformers 5: the PIL processor the reference used; the default one runs torchvision and differs
     from transformers import CLIPImageProcessorPil as PilImageProcessor
 except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL/numpy one
@@ -18,6 +20,11 @@ except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL/numpy one
 MAX_ASPECT = 8
 # The release checkpoints spell the tower's keys vit.vision_model.* (CLIPVisionModel of transformers 4)
 RELEASE_PREFIX = "vision_model."
+
+
+# config.json model_type of the towers VisualRWKV-6 was trained with: a full CLIP config (openai/clip-vit-*)
+# or its vision part; a SigLIP or plain ViT config would otherwise load silently as a CLIP of the same sizes
+CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
 
 
 class VisionTowerError(ValueError):
@@ -78,10 +85,20 @@ def build_vision_tower(name_or_path: str, vit_state: dict[str, torch.Tensor] | N
                 raise VisionTowerError(f"vision tower {folder}: missing {needed}")
         name_or_path = str(folder)
     try:
+        model_type = CLIPVisionConfig.get_config_dict(name_or_path)[0].get("model_type")
+        if model_type not in CLIP_MODEL_TYPES:
+            raise VisionTowerError(
+                f"vision tower {name_or_path}: not a CLIP vision config (config.json has model_type "
+                f"{model_type!r}); VisualRWKV-6 takes a CLIP ViT tower (model_type {' or '.join(CLIP_MODEL_TYPES)}, "
+                "e.g. openai/clip-vit-large-patch14-336)"
+            )
         processor = PilImageProcessor.from_pretrained(name_or_path)
         config = CLIPVisionConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
+        if isinstance(e, VisionTowerError):
+            raise
         raise VisionTowerError(f"vision tower {name_or_path}: cannot read its configuration ({e})") from e
+    _probe(processor, config.image_size, name_or_path)
     if vit_state:
         vit_state = {k: v for k, v in vit_state.items() if not k.endswith("position_ids")}
         from accelerate import init_empty_weights
@@ -110,4 +127,28 @@ def build_vision_tower(name_or_path: str, vit_state: dict[str, torch.Tensor] | N
             raise VisionTowerError(
                 f"vision tower {name_or_path}: no weights there and none (vit.*) in the checkpoint ({e})"
             ) from e
+        bad = nonfinite_tensors(clip.state_dict())  # the checkpoint's vit.* were checked when it was read
+        if bad:
+            raise VisionTowerError(f"vision tower {name_or_path}: non-finite weights (NaN or inf) in {bad[:4]}")
     return VisionTower(clip.eval(), processor)
+
+
+def _probe(processor, image_size: int, name: str) -> None:
+    """Preprocess a plain gradient image once at load time: a broken preprocessor_config.json (shortest_edge 0,
+    a crop the tower cannot take, a zero std) is a set-up error, which would otherwise fail or garble every
+    image of a run, one warning per document."""
+    probe = Image.radial_gradient("L").convert("RGB").resize((64, 48))
+    want = (1, 3, image_size, image_size)
+    try:
+        pixels = processor(images=[probe], return_tensors="pt")["pixel_values"]
+    except Exception as e:  # any failure here is the configuration's, the image is known to be good
+        raise VisionTowerError(
+            f"vision tower {name}: its image processor (preprocessor_config.json) fails on a plain 64x48 RGB image: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if tuple(pixels.shape) != want or not torch.isfinite(pixels).all():
+        what = "non-finite pixel values" if tuple(pixels.shape) == want else f"pixels of shape {tuple(pixels.shape)}"
+        raise VisionTowerError(
+            f"vision tower {name}: its image processor (preprocessor_config.json) turns a plain 64x48 RGB image "
+            f"into {what}; the tower takes {want} (check size, crop_size, image_mean and image_std)"
+        )

@@ -3,13 +3,16 @@ image scan; prefill layer by layer over packed prompts, then recurrent decode (s
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from visualrwkv_eval.kernels import KERNELS, resolve_backend
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, check_finite, load_checkpoint
 from .config import RWKV6Config
 from .prompt import POSITIONS, PromptIds, prompt_ids
 from .rowwise import linear
@@ -43,6 +46,7 @@ class VisualRWKV(nn.Module):
         self.proj = None if vision is None else nn.Linear(vision.hidden_size, config.n_embd, bias=False)
         self.tokenizer = world_tokenizer()
         self.scan, self.image_position, self.kernel = scan, image_position, kernel
+        self.checkpoint_path: str | None = None  # the file load_model read (named in set-up errors)
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r}: expected one of {', '.join(KERNELS)}")
 
@@ -182,10 +186,24 @@ class VisualRWKV(nn.Module):
         until: list[str] | None = None,
         **sampling,
     ) -> str:
-        """The answer to `context` (the question as lmms-eval builds it) about the first of `images`."""
+        """The answer to `context` (the question as lmms-eval builds it) about the first of `images`.
+
+        `images`: a PIL image, a uint8 numpy array (H, W[, 1|3|4]) or a list of them (the first is used);
+        `until`: a stop string or a list of them; sampling keywords: temperature (0: greedy), top_p, seed.
+        """
         from .generate import GenerationRequest, generate_batch
 
-        request = GenerationRequest(context, (images or [None])[0], max_new_tokens, tuple(until or ()), **sampling)
+        unknown = set(sampling) - {"temperature", "top_p", "seed"}
+        if unknown:
+            raise TypeError(
+                f"generate() got unknown keywords {sorted(unknown)}; sampling takes temperature, top_p, seed"
+            )
+        image = api_image(images)
+        if image is not None and self.vision is None:
+            raise ValueError(
+                "this checkpoint has no vision tower and projector (a plain RWKV-LM file): text only, pass no images"
+            )
+        request = GenerationRequest(context, image, max_new_tokens, api_until(until), **sampling)
         result = generate_batch(self, [request])[0]
         if result.error:
             raise ValueError(f"cannot process the image: {result.error}")
@@ -202,14 +220,15 @@ def load_model(
     image_position: str = "middle",
     kernel: str = "auto",
 ) -> VisualRWKV:
-    """A VisualRWKV (or text-only RWKV-6) from a .pth / .safetensors checkpoint, ready for inference."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    elif isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
-        dtype = DTYPES[dtype]
+    """A VisualRWKV (or text-only RWKV-6) from a .pth / .safetensors checkpoint, ready for inference.
+
+    Every argument is checked before the checkpoint is read. The weights end up in memory the model owns:
+    a tensor still mapped from the file (CPU at the stored dtype) is copied, so that rewriting or truncating
+    the file later never changes the model or kills the process (SIGBUS).
+    """
+    check_options(pretrained, vision_tower, scan, image_position)
+    device = parse_device(device)
+    dtype = parse_dtype(dtype, device)
     resolve_backend(kernel, device)
     ckpt = load_checkpoint(pretrained)
     vision = None if ckpt.proj is None else build_vision_tower(vision_tower, ckpt.vit or None)
@@ -220,4 +239,98 @@ def load_model(
         )
     options = dict(scan=scan, image_position=image_position, kernel=kernel)
     model = VisualRWKV.from_weights(ckpt.config, ckpt.rwkv, ckpt.proj, vision, **options)
-    return model.to(device=device, dtype=dtype)
+    model = model.to(device=device, dtype=dtype)
+    own_memory(model)
+    model.checkpoint_path = str(ckpt.path)
+    if dtype == torch.float16 and any(t.dtype != dtype for t in ckpt.rwkv.values()):
+        check_finite(model.state_dict(), f"{ckpt.path} converted to float16 (use dtype=bfloat16 or float32)")
+    return model
+
+
+def check_options(pretrained, vision_tower, scan: str, image_position: str) -> None:
+    """The options that need no device, checked before any file is read."""
+    if not isinstance(pretrained, (str, os.PathLike)) or not str(pretrained):
+        raise TypeError(f"pretrained={pretrained!r}: expected the path of a .pth or .safetensors checkpoint")
+    if not isinstance(vision_tower, (str, os.PathLike)) or not str(vision_tower):
+        raise TypeError(f"vision_tower={vision_tower!r}: expected an HF id or a local folder")
+    if scan not in SCANS:
+        raise ValueError(f"scan={scan!r}: expected one of {', '.join(SCANS)}")
+    if image_position not in POSITIONS:
+        raise ValueError(f"image_position={image_position!r}: expected one of {', '.join(POSITIONS)}")
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on (default: CUDA when there is one); a device that does not exist is refused."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device}: CUDA is not available here; use device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device}: there are only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA, fp32 elsewhere by default; otherwise one of DTYPES, by name or as a torch.dtype."""
+    if dtype is None or dtype == "":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+
+
+def own_memory(model: nn.Module) -> None:
+    """Copy every CPU parameter or buffer whose memory the process does not own (a file's memory map).
+
+    torch.load(mmap=True), safetensors and transformers' from_pretrained map their files, and .to() keeps a
+    tensor that already has the target device and dtype: without this copy a CPU model at the stored dtype
+    reads its weights from the files on every forward, so an in-place rewrite of a file changes its answers
+    and a truncation kills it with SIGBUS. Mapped (and other borrowed) storages are the non-resizable ones.
+    """
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for t in store.values():
+                if t is not None and t.device.type == "cpu" and not t.untyped_storage().resizable():
+                    t.data = t.data.clone()
+
+
+def api_until(until: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """`until` of the Python API: one stop string or a list of them (a str is never split into characters)."""
+    if until is None:
+        return ()
+    if isinstance(until, str):
+        return (until,)
+    if isinstance(until, (list, tuple)) and all(isinstance(u, str) for u in until):
+        return tuple(until)
+    raise TypeError(f"until={until!r}: expected a string or a list of strings")
+
+
+def api_image(images) -> Image.Image | None:
+    """The image a Python API call is about: a PIL image, a uint8 numpy array, or the first of a list of them."""
+    if images is None:
+        return None
+    if isinstance(images, (list, tuple)):
+        return api_image(images[0]) if images else None
+    if isinstance(images, Image.Image):
+        return images
+    if isinstance(images, np.ndarray):
+        shape = images.shape
+        if images.dtype == np.uint8 and (images.ndim == 2 or (images.ndim == 3 and shape[2] in (1, 3, 4))):
+            return Image.fromarray(images[..., 0] if images.ndim == 3 and shape[2] == 1 else images)
+        raise TypeError(
+            f"images: a numpy array of dtype {images.dtype} and shape {shape} is not an image; pass a uint8 array "
+            "(H, W), (H, W, 3) or (H, W, 4), or a PIL image"
+        )
+    if isinstance(images, torch.Tensor):  # CHW or HWC, raw or normalised: there is no safe guess
+        raise TypeError(
+            f"images: got a torch.Tensor of shape {tuple(images.shape)}; pass a PIL image (e.g. "
+            "torchvision.transforms.functional.to_pil_image(t) for a CHW tensor in [0, 1])"
+        )
+    raise TypeError(f"images: expected a PIL image, a uint8 numpy array or a list of them, got {type(images).__name__}")

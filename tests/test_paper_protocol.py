@@ -18,6 +18,8 @@ with ids written down here from the reference, never from this project's prompt 
 
 from __future__ import annotations
 
+import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -143,6 +145,9 @@ CASES = {
     "mmbench_no_hint": ("visualrwkv_paper_mmbench_en_dev", "dev", "mmbench_en_dev",
                         mmbench(8, "What color is the sky?", None, ["red", "blue", "green", "grey"]),
                         sandwich(f"What color is the sky?\nA. red\nB. blue\nC. green\nD. grey\n{MC_EN}")),
+    "mmbench_en_test": ("visualrwkv_paper_mmbench_en_test", "test", "mmbench_en_test",
+                        mmbench(10, "Which animal is shown?", "Look at the picture.", ["cat", "dog"]),
+                        sandwich(f"Look at the picture.\nWhich animal is shown?\nA. cat\nB. dog\n{MC_EN}")),
     "mmbench_cn": ("visualrwkv_paper_mmbench_cn_dev", "dev", "mmbench_cn_dev",
                    mmbench(9, "图中是什么动物?", "请仔细观察图片。", ["猫", "狗", "鸟"]),
                    sandwich(f"请仔细观察图片。\n图中是什么动物?\nA. 猫\nB. 狗\nC. 鸟\n{MC_CN}")),
@@ -189,6 +194,7 @@ def requests(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # lmms-eval indexes all its task YAMLs once per module
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_paper_prompt_equals_the_reference(case, requests, tiny_model):
     context, has_image = requests[case]
@@ -206,8 +212,165 @@ def test_the_reference_ids_spelled_out():
                      46808, 47, 261, 5585, 41693, 59]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_mme_double_space_gives_newline_not_space_newline(requests, tiny_model):
     """lmms-eval's `mme` leaves "? \\nAnswer" for a double-spaced question: token 265 (" \\n"), not 11."""
     context, _ = requests["mme_double_space"]
     assert context == f"Is there a train in this image?\n{SHORT}"
     assert 265 not in tiny_model.prompt(context, True).after
+
+
+# ---- VQAv2 test-dev submission -------------------------------------------------------------------------
+def normalise(answer: str) -> str:
+    from lmms_eval.tasks._task_utils.vqa_eval_metric import EvalAIAnswerProcessor
+
+    return EvalAIAnswerProcessor()(answer)
+
+
+def official_vqa_accuracy(answer: str, humans: list[str]) -> float:
+    """The VQA evaluation (vqaEval.py of the VQA API): the prediction and the human answers are normalised only
+    when the humans disagree; each of the 10 leave-one-out subsets of 9 humans gives min(#matches / 3, 1)."""
+    from lmms_eval.tasks._task_utils.vqa_eval_metric import EvalAIAnswerProcessor
+
+    p = EvalAIAnswerProcessor()
+    answer = answer.replace("\n", " ").replace("\t", " ").strip()
+    if len(set(humans)) > 1:
+        humans = [p.process_digit_article(p.process_punctuation(h)) for h in humans]
+        answer = p.process_digit_article(p.process_punctuation(answer))
+    subsets = [humans[:i] + humans[i + 1 :] for i in range(len(humans))]
+    return sum(min(sum(h == answer for h in others) / 3, 1.0) for others in subsets) / len(subsets)
+
+
+def score(submission: list[dict], known: dict[int, list[str]]) -> float:
+    """Mean official accuracy over the questions with known answers (a missing or empty answer scores 0)."""
+    answers = {row["question_id"]: row["answer"] for row in submission}
+    return sum(official_vqa_accuracy(answers.get(q, ""), humans) for q, humans in known.items()) / len(known)
+
+
+def test_official_vqa_accuracy_and_why_answers_are_normalised():
+    assert official_vqa_accuracy("Yes", ["yes"] * 10) == 0.0  # unanimous humans: the prediction is not normalised
+    assert official_vqa_accuracy(normalise("Yes."), ["yes"] * 10) == 1.0
+    assert official_vqa_accuracy(normalise("Two"), ["2"] * 10) == 1.0
+    # 2 of 10 humans said "2": subsets without one of them hold 1 match (1/3), the 8 others 2 matches (2/3)
+    assert official_vqa_accuracy("2", ["2", "2"] + ["3"] * 8) == pytest.approx((2 / 3 + 8 * 2 / 3) / 10)
+    assert official_vqa_accuracy("Two", ["two", "2"] + ["3"] * 8) == pytest.approx(0.6)  # disagreeing: normalised
+
+
+def test_answers_are_normalised_as_evalai_expects():
+    from visualrwkv_eval.tasks.submission import vqav2_normalised_process_results
+
+    out = {a: vqav2_normalised_process_results({"question_id": 7}, [a])["submission"] for a in ("Yes.", "Two", "A dog")}
+    assert {a: s["answer"] for a, s in out.items()} == {"Yes.": "yes", "Two": "2", "A dog": "dog"}
+    assert all(s["question_id"] == 7 for s in out.values())
+
+
+def test_every_test2015_id_gets_an_entry(tmp_path):
+    """Ids from the official question file, LLaVA's jsonl or the hub split's parquet; "" where unanswered."""
+    from visualrwkv_eval.tasks.submission import complete_submission, read_question_ids
+
+    ids = [262148000, 262148001, 393225000]
+    official = tmp_path / "v2_OpenEnded_mscoco_test2015_questions.json"
+    official.write_text(json.dumps({"questions": [{"image_id": 1, "question": "q", "question_id": q} for q in ids]}))
+    llava = tmp_path / "llava_vqav2_mscoco_test2015.jsonl"
+    llava.write_text("".join(json.dumps({"question_id": q, "image": "x.jpg", "text": "q"}) + "\n" for q in ids))
+    parquet = tmp_path / "test.parquet"
+    mini_schema.to_parquet("vqav2_test", [vqav2(q, "q") for q in ids], parquet)
+    for source in (official, llava, parquet, tmp_path):
+        assert read_question_ids(source) == ids, source
+    rows = complete_submission([{"question_id": 262148001, "answer": "yes"}], ids)
+    assert rows == [{"question_id": 262148000, "answer": ""}, {"question_id": 262148001, "answer": "yes"},
+                    {"question_id": 393225000, "answer": ""}]  # fmt: skip
+
+
+def override(task: str, split: str, path: Path) -> dict:
+    return {"task": task, "dataset_path": "parquet", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {split: str(path)}}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def submission_run(demo_dir, tmp_path_factory):
+    """The real CLI with the tiny model on the paper tasks that write submission files: VQAv2 test-dev on a mini
+    test2015 (20 questions) whose test-dev split is its first 12, MMBench-EN test and TextVQA val."""
+    import datasets
+    import yaml
+    from test_lmms_e2e import run_cli
+
+    from visualrwkv_eval.tasks.submission import TEST_QUESTIONS_ENV
+
+    tmp = tmp_path_factory.mktemp("submissions")
+    data = demo_dir / "data"
+    testdev = tmp / "vqav2_testdev.parquet"
+    datasets.Dataset.from_parquet(str(data / "vqav2_test.parquet")).select(range(12)).to_parquet(str(testdev))
+    overrides = tmp / "overrides"
+    overrides.mkdir()
+    for name, cfg in {
+        "vqav2_testdev": override("visualrwkv_paper_vqav2_testdev", "testdev", testdev),
+        "mmbench_en_test": override("visualrwkv_paper_mmbench_en_test", "test", data / "mmbench_en_test.parquet"),
+        "textvqa_val": override("visualrwkv_paper_textvqa_val", "validation", data / "textvqa_validation.parquet"),
+    }.items():
+        (overrides / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    os.environ[TEST_QUESTIONS_ENV] = str(data / "vqav2_test.parquet")  # run_cli passes os.environ on
+    try:
+        return run_cli(demo_dir, tmp / "out", str(overrides), "--include_path", str(demo_dir / "tasks"))
+    finally:
+        del os.environ[TEST_QUESTIONS_ENV]
+
+
+def responses(samples: list[dict], key: str, field: str) -> dict:
+    """{the sample's <key>[<field>]: the model's answer} from lmms-eval's per-sample log."""
+    first = lambda r: r[0] if isinstance(r, list) else r  # noqa: E731  (a list or the string itself)
+    return {s[key][field]: first(s["filtered_resps"]) for s in samples}
+
+
+@pytest.mark.slow
+def test_vqav2_testdev_submission_from_the_cli(submission_run, demo_dir):
+    """Every test2015 id in order, the test-dev answers normalised, the others empty; scored by the official
+    evaluation as the model's answers would be."""
+    import datasets
+
+    _, samples, out = submission_run
+    (path,) = (out / "submissions").glob("vqav2-test-submission-*.json")
+    submission = json.loads(path.read_text())
+    ids = [int(q) for q in datasets.Dataset.from_parquet(str(demo_dir / "data" / "vqav2_test.parquet"))["question_id"]]
+    assert [row["question_id"] for row in submission] == ids
+    raw = responses(samples["visualrwkv_paper_vqav2_testdev"], "submission", "question_id")
+    assert sorted(raw) == ids[:12]
+    for row in submission:
+        q, answer = row["question_id"], row["answer"]
+        assert answer == (normalise(raw[q]) if q in raw else ""), (q, answer, raw.get(q))
+        assert normalise(answer) == answer
+    # humans who all gave the model's answer as a person would write it: each answered question scores 1
+    known = {q: [normalise(a)] * 10 for q, a in raw.items()}
+    assert score(submission, known) == 1.0
+    assert score(submission, {**known, **{q: ["yes"] * 10 for q in ids[12:]}}) == pytest.approx(12 / 20)
+
+
+@pytest.mark.slow
+def test_mmbench_test_xlsx_has_the_columns_the_server_reads(submission_run, demo_dir):
+    """The reference's convert_mmbench_for_submission.py uploads index, question, A-D, prediction, answer and
+    split (the TSV less hint, category, source, image, comment, l2-category): lmms-eval's xlsx holds all of
+    them, one row per test question, with the model's raw answers."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    _, samples, out = submission_run
+    sheet = pd.read_excel(out / "submissions" / "mmbench_en_test_results.xlsx")
+    assert {"index", "question", "A", "B", "C", "D", "prediction", "answer", "split"} <= set(sheet.columns)
+    indices = pq.read_table(demo_dir / "data" / "mmbench_en_test.parquet", columns=["index"]).column(0).to_pylist()
+    assert sorted(sheet["index"]) == sorted(indices)
+    raw = responses(samples["visualrwkv_paper_mmbench_en_test"], "submission", "index")
+    assert {i: "" if pd.isna(p) else str(p) for i, p in zip(sheet["index"], sheet["prediction"])} == raw
+
+
+@pytest.mark.slow
+def test_textvqa_submission_is_complete_and_normalised(submission_run, demo_dir):
+    """EvalAI's TextVQA format: [{"question_id": int, "answer": str}], every question, answers normalised."""
+    import pyarrow.parquet as pq
+
+    _, samples, out = submission_run
+    (path,) = (out / "submissions").glob("textvqa_submission_*.json")
+    submission = json.loads(path.read_text())
+    table = pq.read_table(demo_dir / "data" / "textvqa_validation.parquet", columns=["question_id"])
+    assert sorted(row["question_id"] for row in submission) == sorted(table.column(0).to_pylist())
+    raw = responses(samples["visualrwkv_paper_textvqa_val"], "submission", "question_id")
+    assert {row["question_id"]: row["answer"] for row in submission} == {q: normalise(a) for q, a in raw.items()}

@@ -27,6 +27,8 @@ from visualrwkv_eval.model import (
     load_model,
     loglikelihood_batch,
 )
+from visualrwkv_eval.model.visualrwkv import parse_device
+from visualrwkv_eval.settings import generation_settings, parse_batch_size, whole_number
 from visualrwkv_eval.throughput import Throughput
 
 MODEL_ARGS = ("pretrained", "vision_tower", "dtype", "device", "image_position", "scan", "kernel", "max_new_tokens")
@@ -35,6 +37,10 @@ AUTO_BATCH_CAP = 256  # batch_size=auto never goes beyond this unless max_batch_
 # C0 control characters (but tab and newlines): meaningless in an answer, and lmms-eval's xlsx writers
 # (MMBench submissions) reject them after the whole run has been computed
 CONTROL = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
+
+
+class SetupError(RuntimeError):
+    """Requests that the model as set up cannot answer at all (an image task on a text-only checkpoint)."""
 
 
 class VisualRWKV(lmms):
@@ -59,20 +65,21 @@ class VisualRWKV(lmms):
             raise ValueError(f"unknown model_args {sorted(unknown)}; valid model_args: {', '.join(MODEL_ARGS)}")
         if not pretrained:
             raise ValueError("model_args needs pretrained=<path to a VisualRWKV .pth or .safetensors>")
+        # settings that would give an empty run fail here, before the checkpoint is read (load_model checks its own)
+        fixed_batch, batch_cap = parse_batch_size(batch_size, max_batch_size)
+        max_new_tokens = whole_number("max_new_tokens", max_new_tokens)
         self.accelerator = Accelerator()
         self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         if device is None or device == "cuda":
             device = f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
-        self._device = torch.device(device)
+        self._device = parse_device(device)
         self.model = load_model(
             pretrained, vision_tower, dtype, self._device, scan=scan, image_position=image_position, kernel=kernel
         )
-        self.max_new_tokens = int(max_new_tokens)
-        if str(batch_size).startswith("auto"):
-            size = min(self._auto_batch_size(), AUTO_BATCH_CAP if max_batch_size is None else int(max_batch_size))
-        else:
-            size = int(batch_size) if max_batch_size is None else min(int(batch_size), int(max_batch_size))
-        self.batch_size_per_gpu = size
+        self.max_new_tokens = max_new_tokens
+        size = self._auto_batch_size() if fixed_batch is None else fixed_batch
+        cap = AUTO_BATCH_CAP if fixed_batch is None and batch_cap is None else batch_cap
+        self.batch_size_per_gpu = size if cap is None else min(size, cap)
         self._warned_multi_image = False
 
     def _auto_batch_size(self) -> int:
@@ -116,18 +123,37 @@ class VisualRWKV(lmms):
         return visuals[0], None
 
     def _generation_request(self, context: str, gen_kwargs: dict, image, task: str, split: str, doc_id: int):
-        until = gen_kwargs.get("until") or ()
-        until = (until,) if isinstance(until, str) else tuple(until)
-        sample = bool(gen_kwargs.get("do_sample", False)) and float(gen_kwargs.get("temperature", 1.0)) > 0
+        """The model's request for one document; a bad generation argument raises SettingError naming it."""
         return GenerationRequest(
             context,
             image,
-            max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
-            until=until,
-            temperature=float(gen_kwargs.get("temperature", 1.0)) if sample else 0.0,
-            top_p=float(gen_kwargs.get("top_p", 1.0) or 1.0),
+            **generation_settings(gen_kwargs, self.max_new_tokens, task),
             seed=zlib.crc32(f"{task}/{split}/{doc_id}".encode()),  # sampling never depends on the batch
+            label=f"{task} doc {doc_id}",  # named in the model's errors (non-finite logits)
         )
+
+    def _check_setup(self, requests: list[Instance]) -> None:
+        """Refuse, before any answer, requests that the set-up cannot serve: every document would fail alike
+        (and be scored as an empty answer), so this is one error for the run, not one warning per document.
+        Checked: every distinct gen_kwargs, and images sent to a text-only checkpoint."""
+        seen = set()
+        for req in requests:
+            if req.request_type.startswith("generate_until") and id(req.args[1]) not in seen:
+                seen.add(id(req.args[1]))
+                generation_settings(req.args[1], self.max_new_tokens, req.args[-2])
+        if self.model.vision is not None:
+            return
+        for req in requests:
+            doc_id, task, split = req.args[-3:]
+            try:
+                visuals = req.args[2](self.task_dict[task][split][doc_id])
+            except Exception:  # a document that cannot be read is that document's problem, reported later
+                continue
+            if any(v is not None for v in visuals or []):
+                raise SetupError(
+                    f"{task} doc {doc_id} sends an image, but pretrained={self.model.checkpoint_path} is a text-only RWKV-6 "
+                    "checkpoint (no proj.weight, no vision tower): evaluate a VisualRWKV checkpoint on image tasks"
+                )
 
     def _run(self, fn, items: list):
         """fn(items) in one batch; on out-of-memory, in halves (answers do not depend on the batch)."""
@@ -147,6 +173,7 @@ class VisualRWKV(lmms):
 
     # ---- lmms-eval entry points -----------------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        self._check_setup(requests)
         prepared, failures = [], {}
         for i, req in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
@@ -181,6 +208,7 @@ class VisualRWKV(lmms):
         return results
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        self._check_setup(requests)
         items = []
         for req in requests:
             context, target, doc_to_visual, doc_id, task, split = req.args
@@ -198,6 +226,7 @@ class VisualRWKV(lmms):
     def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
         """Rounds follow lmms-eval's protocol (doc_to_text gives each next turn and the end signal); later
         rounds are prefilled on top of the recurrent state, never re-reading the conversation."""
+        self._check_setup(requests)
         results: list[list[str]] = [[] for _ in requests]
         for batch in tqdm(list(self._batches(list(range(len(requests))))), disable=self.rank != 0, desc="VisualRWKV"):
             args = [requests[i].args for i in batch]
