@@ -69,6 +69,9 @@ __device__ __forceinline__ void wkv6(const wkv_t* __restrict__ r, const wkv_t* _
     __shared__ __align__(16) float sk[CHUNK][N];
     __shared__ __align__(16) float sd[CHUNK][N];  // the decay exp(-exp(w)), computed once per element
     __shared__ float sv[CHUNK][COLS];
+    // The bonus is the same for every column of a head: one shared copy instead of ROWS registers per thread,
+    // which kept SPLIT = 1 at 251-255 registers (a compiler change away from spilling).
+    __shared__ __align__(16) float su[N];
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int group = lane / LANES;  // the rows [group * ROWS, (group + 1) * ROWS)
@@ -80,12 +83,10 @@ __device__ __forceinline__ void wkv6(const wkv_t* __restrict__ r, const wkv_t* _
     const long long step = H * N;  // elements from one time step to the next
 
     float* S = state + bh * N * N + (long long)group * ROWS * N + col;
-    float s[ROWS], uu[ROWS];
+    float s[ROWS];
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) {
-        s[i] = S[i * N];
-        uu[i] = to_float(u[h * N + group * ROWS + i]);
-    }
+    for (int i = 0; i < ROWS; ++i) s[i] = S[i * N];
+    su[tid] = to_float(u[h * N + tid]);  // read after the first chunk's second barrier
 
     // The next chunk's inputs are loaded into registers while this chunk computes, hiding global latency.
     wkv_t nr[CHUNK], nk[CHUNK], nw[CHUNK], nv[V_PER_THREAD];
@@ -130,18 +131,19 @@ __device__ __forceinline__ void wkv6(const wkv_t* __restrict__ r, const wkv_t* _
             const float4* r4 = reinterpret_cast<const float4*>(sr[c]) + group * ROWS / 4;
             const float4* k4 = reinterpret_cast<const float4*>(sk[c]) + group * ROWS / 4;
             const float4* d4 = reinterpret_cast<const float4*>(sd[c]) + group * ROWS / 4;
+            const float4* u4 = reinterpret_cast<const float4*>(su) + group * ROWS / 4;
             const float vt = sv[c][col_in_block];
             float acc[ACC];
 #pragma unroll
             for (int a = 0; a < ACC; ++a) acc[a] = 0.f;
 #pragma unroll
             for (int q = 0; q < ROWS / 4; ++q) {
-                const float4 rq = r4[q], kq = k4[q], dq = d4[q];
+                const float4 rq = r4[q], kq = k4[q], dq = d4[q], uq = u4[q];
                 float& a = acc[q / 4];  // rows [16 * n, 16 * n + 16) go to partial sum n
-                wkv_cell(rq.x, kq.x, dq.x, uu[4 * q + 0], vt, s[4 * q + 0], a);
-                wkv_cell(rq.y, kq.y, dq.y, uu[4 * q + 1], vt, s[4 * q + 1], a);
-                wkv_cell(rq.z, kq.z, dq.z, uu[4 * q + 2], vt, s[4 * q + 2], a);
-                wkv_cell(rq.w, kq.w, dq.w, uu[4 * q + 3], vt, s[4 * q + 3], a);
+                wkv_cell(rq.x, kq.x, dq.x, uq.x, vt, s[4 * q + 0], a);
+                wkv_cell(rq.y, kq.y, dq.y, uq.y, vt, s[4 * q + 1], a);
+                wkv_cell(rq.z, kq.z, dq.z, uq.z, vt, s[4 * q + 2], a);
+                wkv_cell(rq.w, kq.w, dq.w, uq.w, vt, s[4 * q + 3], a);
             }
             // The tree ((a0 + a1) + (a2 + a3)): first over this thread's partial sums, then over lane groups.
 #pragma unroll

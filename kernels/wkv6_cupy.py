@@ -1,14 +1,21 @@
-"""WKV6 CUDA kernels (wkv6.cu) launched through CuPy, with the same signatures as the PyTorch reference.
+"""WKV6 CUDA kernels (wkv6.cu) launched through CuPy, with the same signatures and the same argument contract as
+the PyTorch reference (checks.py), plus N = 64.
 
 The source is compiled at run time by NVRTC (cupy.RawModule), once per storage dtype and device; there is no
 build step at install time. Tensors stay torch tensors: the kernels take raw pointers, torch allocates the
 outputs, and every launch goes on torch's current stream. CuPy has no bf16 dtype, which is why nothing is
 converted to CuPy arrays.
+
+A launch is planned (`plan`: pure torch, no CUDA call) and then run (`_run_on_gpu`); the CPU emulation in the
+tests runs the same plans through the unchanged kernel source. Inputs with unusual strides are copied to
+contiguous ones (the kernel indexes dense rows); a non-contiguous state is updated through a contiguous copy.
+Decode does no host-device copy and no synchronisation, so a decode step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from importlib.resources import files
 
 import cupy
@@ -53,6 +60,25 @@ def _sm_count(device: int) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+class _StreamHandle:
+    """A raw stream handle seen through the CUDA stream protocol (for torch builds whose streams lack it)."""
+
+    def __init__(self, handle: int):
+        self.handle = handle
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.handle)
+
+
+@functools.lru_cache(maxsize=64)
+def _cupy_stream(device: int, handle: int):
+    """CuPy's view of one of torch's streams, made once per (device, stream). CuPy 14 deprecates ExternalStream in
+    favour of Stream.from_external (the CUDA stream protocol); CuPy 13 has only the former."""
+    if hasattr(cupy.cuda.Stream, "from_external"):
+        return cupy.cuda.Stream.from_external(_StreamHandle(handle))
+    return cupy.cuda.ExternalStream(handle, device)
+
+
 def default_split(heads: int, sm_count: int) -> int:
     """Fewest blocks per head that give every SM a block: a larger split only adds total work.
 
@@ -61,35 +87,95 @@ def default_split(heads: int, sm_count: int) -> int:
     return next((s for s in SPLITS if heads * s >= sm_count), SPLITS[-1])
 
 
-def _check_launchable(r, k, v, w, u, state, cu_seqlens) -> None:
-    """What the kernels need beyond the shared checks; the device comes last so CPU tests reach the rest."""
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: entry point wkv6_split{split} on `grid` blocks of THREADS threads, with the kernel's
+    arguments in order (r, k, v, w, u, state, y, cu_seqlens or None, seq_len, H)."""
+
+    split: int
+    grid: int
+    tensors: tuple[torch.Tensor | None, ...]
+    seq_len: int
+    heads: int
+
+
+def _check_launchable(r: torch.Tensor, split: int | None) -> None:
+    """What the kernel needs beyond the shared contract."""
     if r.shape[-1] != HEAD_SIZE:
         raise ValueError(f"wkv6 (cupy): head size N must be {HEAD_SIZE}, got {r.shape[-1]}; use kernel='torch'")
-    if w.dtype != r.dtype or u.dtype != r.dtype:
-        raise ValueError(f"wkv6 (cupy): w and u must have the dtype of r ({r.dtype}), got {w.dtype} and {u.dtype}")
-    for name, t in (("r", r), ("k", k), ("v", v), ("w", w), ("u", u), ("state", state)):
-        if not t.is_contiguous():
-            raise ValueError(f"wkv6 (cupy): {name} must be contiguous")
-    if r.device.type != "cuda":
-        raise ValueError(f"wkv6 (cupy): tensors must be on a CUDA device, got {r.device}; use kernel='torch'")
-    if cu_seqlens is not None and cu_seqlens.device not in (torch.device("cpu"), r.device):
-        raise ValueError(f"wkv6 (cupy): cu_seqlens must be on the CPU or on {r.device}, got {cu_seqlens.device}")
-
-
-def _launch(r, k, v, w, u, state, cu_seqlens, seq_len: int, split: int | None) -> torch.Tensor:
-    """cu_seqlens: int64 offsets on r's device, or None for B sequences of seq_len steps each."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"wkv6 (cupy): split must be one of {SPLITS}, got {split}")
+
+
+def _check_device(r: torch.Tensor) -> None:
+    if r.device.type != "cuda":
+        raise ValueError(f"wkv6 (cupy): tensors must be on a CUDA device, got {r.device}; use kernel='torch'")
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+# The model passes the same CPU offsets to every layer of a prefill: upload them once, not once per layer. Keyed by
+# value (a CPU comparison, no synchronisation): inference-mode tensors keep no version counter.
+_uploaded: tuple[torch.Tensor, torch.device, int, torch.Tensor] | None = None
+
+
+def _device_offsets(cu_seqlens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """int64, contiguous, on `device`; offsets on the CPU are copied once per (values, device, stream)."""
+    global _uploaded
+    if cu_seqlens.device == device:
+        return _dense(cu_seqlens.to(torch.int64))
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    seen = _uploaded
+    if (
+        seen is not None
+        and seen[1:3] == (device, stream)
+        and seen[0].shape == cu_seqlens.shape
+        and torch.equal(seen[0], cu_seqlens.to(torch.int64))
+    ):
+        return seen[3]
+    # Ordered on the current stream before the kernel; non_blocking spares a stream synchronisation (the driver
+    # stages pageable memory before returning, so the CPU tensor may change afterwards).
+    offsets = cu_seqlens.to(device, torch.int64, non_blocking=True).contiguous()
+    _uploaded = (cu_seqlens.to(torch.int64, copy=True), device, stream, offsets)
+    return offsets
+
+
+def plan(r, k, v, w, u, state, cu_seqlens, *, decode: bool, split: int | None, sm_count: int):
+    """(y, launch or None): the output tensor and the launch that fills it; None when there is nothing to compute
+    (B * H = 0 or no time steps: the state stays as it is). Arguments as checked by check_wkv6_args."""
+    y = torch.empty(r.shape, dtype=r.dtype, device=r.device)
     B, H = state.shape[:2]
+    if B * H == 0 or r.shape[0] == 0:
+        return y, None
+    split = split or default_split(B * H, sm_count)
+    offsets = None if cu_seqlens is None else _device_offsets(cu_seqlens, r.device)
+    seq_len = 1 if decode else (r.shape[0] if cu_seqlens is None else 0)
+    tensors = (*(_dense(t) for t in (r, k, v, w, u)), _dense(state), y, offsets)
+    return y, Launch(split, B * H * split, tensors, seq_len, H)
+
+
+def _run_on_gpu(launch: Launch) -> None:
+    r = launch.tensors[0]
     device = r.device.index
-    split = split or default_split(B * H, _sm_count(device))
-    y = torch.empty_like(r)
-    args = (r, k, v, w, u, state, y, cu_seqlens)
-    pointers = tuple(0 if t is None else t.data_ptr() for t in args)
-    with cupy.cuda.Device(device):
-        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(r.device).cuda_stream, device)
-        # Python ints travel as 64-bit values: the kernel takes pointers and long long.
-        _kernel(device, r.dtype, split)((B * H * split,), (THREADS,), (*pointers, seq_len, H), stream=stream)
+    stream = _cupy_stream(device, torch.cuda.current_stream(r.device).cuda_stream)
+    pointers = tuple(0 if t is None else t.data_ptr() for t in launch.tensors)
+    # Python ints travel as 64-bit values: the kernel takes pointers and long long.
+    _kernel(device, r.dtype, launch.split)(
+        (launch.grid,), (THREADS,), (*pointers, launch.seq_len, launch.heads), stream=stream
+    )
+
+
+def _wkv6(r, k, v, w, u, state, cu_seqlens, *, decode: bool, split: int | None) -> torch.Tensor:
+    check_wkv6_args(r, k, v, w, u, state, cu_seqlens, decode=decode)
+    _check_launchable(r, split)
+    _check_device(r)
+    y, launch = plan(r, k, v, w, u, state, cu_seqlens, decode=decode, split=split, sm_count=_sm_count(r.device.index))
+    if launch is not None:
+        _run_on_gpu(launch)
+        if launch.tensors[5] is not state:
+            state.copy_(launch.tensors[5])
     return y
 
 
@@ -106,14 +192,7 @@ def wkv6_prefill_cupy(
 ) -> torch.Tensor:
     """As wkv6_prefill_torch, on a CUDA device with N = 64. `split` forces the blocks per head (tests and
     benchmarks; results are the same for every split)."""
-    check_wkv6_args(r, k, v, w, u, state, cu_seqlens, decode=False)
-    _check_launchable(r, k, v, w, u, state, cu_seqlens)
-    if cu_seqlens is None:
-        return _launch(r, k, v, w, u, state, None, r.shape[0], split)
-    # Ordered on the current stream before the kernel; non_blocking spares a stream sync on every call (the
-    # driver stages pageable memory before returning).
-    offsets = cu_seqlens.to(r.device, torch.int64, non_blocking=True)
-    return _launch(r, k, v, w, u, state, offsets, 0, split)
+    return _wkv6(r, k, v, w, u, state, cu_seqlens, decode=False, split=split)
 
 
 def wkv6_decode_cupy(
@@ -126,7 +205,6 @@ def wkv6_decode_cupy(
     *,
     split: int | None = None,
 ) -> torch.Tensor:
-    """As wkv6_decode_torch: B sequences of one step, the same kernel as prefill."""
-    check_wkv6_args(r, k, v, w, u, state, None, decode=True)
-    _check_launchable(r, k, v, w, u, state, None)
-    return _launch(r, k, v, w, u, state, None, 1, split)
+    """As wkv6_decode_torch: B sequences of one step, the same kernel as prefill. No host-device copy and no
+    synchronisation: capturable in a CUDA graph (after one eager call has compiled the kernel)."""
+    return _wkv6(r, k, v, w, u, state, None, decode=True, split=split)

@@ -77,7 +77,8 @@ class VisualRWKV(nn.Module):
 
     @property
     def backend(self) -> str:
-        return resolve_backend(self.kernel, self.device)
+        # probed and logged once per (kernel, device, dtype), then a cache lookup (kernels.resolve_backend)
+        return resolve_backend(self.kernel, self.device, self.dtype)
 
     @property
     def image_rows(self) -> int:
@@ -229,7 +230,7 @@ def load_model(
     check_options(pretrained, vision_tower, scan, image_position)
     device = parse_device(device)
     dtype = parse_dtype(dtype, device)
-    resolve_backend(kernel, device)
+    resolve_backend(kernel, device, dtype)  # a CUDA kernel that cannot run shows here, not mid-evaluation
     ckpt = load_checkpoint(pretrained)
     vision = None if ckpt.proj is None else build_vision_tower(vision_tower, ckpt.vit or None)
     if vision is not None and ckpt.proj.shape[1] != vision.hidden_size:

@@ -2,19 +2,20 @@
 PyTorch reference on a GPU (marked `gpu`, skipped without one). Imports only torch, cupy, pytest and the kernels,
 so that it runs on a GPU machine without the evaluation stack."""
 
-import subprocess
 import sys
+import timeit
+import warnings
 
 import pytest
 import torch
 from cupy.cuda import nvrtc
 
 import visualrwkv_eval.kernels as kernels
-from visualrwkv_eval.kernels import resolve_backend, wkv6_decode, wkv6_prefill, wkv6_prefill_torch
+from visualrwkv_eval.kernels import resolve_backend, wkv6_cupy, wkv6_decode, wkv6_prefill, wkv6_prefill_torch
+from visualrwkv_eval.kernels.checks import check_wkv6_args
 from visualrwkv_eval.kernels.wkv6_cupy import (
     SPLITS,
     compile_options,
-    default_split,
     kernel_source,
     wkv6_decode_cupy,
     wkv6_prefill_cupy,
@@ -81,16 +82,24 @@ def test_compile_error_shows_the_log():
             lambda a: [t[..., :32].contiguous() for t in a[:4]] + [a[4][:, :32].contiguous(), a[5][..., :32, :32]],
             "N must be 64",
         ),
-        (lambda a: [*a[:3], a[3].half(), *a[4:]], "dtype of r"),
-        (lambda a: [a[0].transpose(0, 1).contiguous().transpose(0, 1), *a[1:]], "r must be contiguous"),
-        (lambda a: [*a[:5], a[5].transpose(-1, -2)], "state must be contiguous"),
-        (lambda a: [*a[:4], a[4][:2], a[5]], "u must be"),  # the shared checks come first
+        (lambda a: [*a[:3], a[3].half(), *a[4:]], "share one dtype"),  # the shared checks come first
+        (lambda a: [*a[:4], a[4][:2], a[5]], "u must be"),
     ],
-    ids=["cpu", "head-size", "dtype", "r-strides", "state-strides", "shared-check"],
+    ids=["cpu", "head-size", "dtype", "shared-check"],
 )
 def test_launcher_rejects(change, message):
     with pytest.raises(ValueError, match=message):
         wkv6_prefill_cupy(*change(inputs(5)))
+
+
+def test_launcher_and_reference_accept_the_same_strides():
+    """Strided inputs (a transposed u, as a checkpoint may store time_faaaa) and a strided state pass the shared
+    checks in both; the CPU emulation (test_wkv6_cpu_emulation.py) runs them through the kernel."""
+    r, k, v, w, u, state = inputs(5)
+    u_t, state_t = u.t().contiguous().t(), state.transpose(-1, -2).contiguous().transpose(-1, -2)
+    wkv6_prefill_torch(r, k, v, w, u_t, state_t.clone())
+    with pytest.raises(ValueError, match="CUDA device"):  # past the shared checks, stopped only by the device
+        wkv6_prefill_cupy(r, k, v, w, u_t, state_t)
 
 
 def test_launcher_and_reference_share_checks():
@@ -118,18 +127,25 @@ def test_dispatcher_routes_by_backend():
 
 
 @pytest.fixture
-def no_cupy(monkeypatch):
-    """`import cupy` fails, as where the extra is not installed."""
-    kernels.cupy_import_error.cache_clear()
-    monkeypatch.setitem(sys.modules, "cupy", None)
+def fresh_backends():
+    """resolve_backend decides once per process: forget earlier decisions around a test."""
+    for fn in (kernels.cupy_import_error, kernels.probe_cupy, kernels._resolve):
+        fn.cache_clear()
     yield
-    kernels.cupy_import_error.cache_clear()
+    for fn in (kernels.cupy_import_error, kernels.probe_cupy, kernels._resolve):
+        fn.cache_clear()
 
 
-def test_resolve_backend():
+@pytest.fixture
+def no_cupy(monkeypatch, fresh_backends):
+    """`import cupy` fails, as where the extra is not installed."""
+    monkeypatch.setitem(sys.modules, "cupy", None)
+
+
+def test_resolve_backend(fresh_backends):
     assert resolve_backend("torch", "cuda") == "torch"
     assert resolve_backend("auto", "cpu") == "torch"
-    assert resolve_backend("auto", torch.device("cuda", 0)) == "cupy"  # cupy imports here, no GPU needed
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "cupy"  # no dtype: the import alone, no GPU needed
     assert resolve_backend("cupy", "cuda:0") == "cupy"
     with pytest.raises(ValueError, match="needs a CUDA device, got cpu"):
         resolve_backend("cupy", "cpu")
@@ -137,25 +153,96 @@ def test_resolve_backend():
         resolve_backend("triton", "cuda")
 
 
-def test_forcing_cupy_without_cupy_names_the_extra(no_cupy):
-    assert resolve_backend("auto", "cuda") == "torch"
+def test_without_cupy_auto_warns_and_cupy_names_the_extra(no_cupy):
+    with pytest.warns(RuntimeWarning, match=r"CuPy does not import.*using the PyTorch reference"):
+        assert resolve_backend("auto", "cuda") == "torch"
     with pytest.raises(ValueError, match=r"needs CuPy.*visualrwkv-eval\[cuda12\].*visualrwkv-eval\[cuda13\]"):
         resolve_backend("cupy", "cuda")
 
 
-def test_default_split():
-    assert default_split(32, 132) == 4  # batch 1 of a 32-head model: 128 blocks
-    assert default_split(96, 132) == 2
-    assert default_split(16 * 32, 132) == 1
-    assert default_split(1, 132) == SPLITS[-1]
+@pytest.fixture
+def failing_compile(monkeypatch, fresh_backends):
+    """NVRTC rejects the kernel, as a broken toolkit or driver would make it."""
+
+    def compile_fails(device, dtype, split):
+        raise RuntimeError("NVRTC_ERROR_COMPILATION (simulated)")
+
+    monkeypatch.setattr(wkv6_cupy, "_kernel", compile_fails)
 
 
-def test_importing_kernels_stays_light():
-    code = (
-        "import sys, visualrwkv_eval.kernels; print(sorted({'cupy', 'transformers', 'lmms_eval'} & set(sys.modules)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+def test_auto_probe_falls_back_with_the_reason(failing_compile, caplog):
+    with pytest.warns(RuntimeWarning, match=r"not usable on cuda:0 \(RuntimeError: NVRTC_ERROR_COMPILATION"):
+        assert resolve_backend("auto", "cuda:0", torch.bfloat16) == "torch"
+    assert "WKV backend: torch on cuda:0" in caplog.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_backend("auto", "cuda:0", torch.bfloat16) == "torch"  # decided once: no second probe
+
+
+def test_forced_cupy_raises_the_probe_failure(failing_compile):
+    with pytest.raises(RuntimeError, match=r"kernel='cupy'.*does not work.*NVRTC_ERROR_COMPILATION"):
+        resolve_backend("cupy", "cuda:0", torch.float32)
+
+
+def test_model_load_probes_with_its_dtype(monkeypatch, tiny_dir):
+    """load_model asks for the backend with the model's dtype (which is what probes the kernel), so a broken
+    kernel shows at load time; the model asks the same question, answered from the cache, at every forward."""
+    import visualrwkv_eval.model.visualrwkv as visualrwkv
+
+    calls = []
+    monkeypatch.setattr(visualrwkv, "resolve_backend", lambda *a: calls.append(a) or resolve_backend(*a))
+    model = visualrwkv.load_model(str(tiny_dir / "model.pth"), vision_tower=str(tiny_dir / "vision_tower"),
+                                  dtype="float32", device="cpu")  # fmt: skip
+    assert calls == [("auto", torch.device("cpu"), torch.float32)]
+    assert model.backend == "torch" and calls[-1] == ("auto", torch.device("cpu"), torch.float32)
+
+
+def test_nothing_to_compute_launches_nothing(monkeypatch):
+    """B * H = 0 (or no time steps): no launch at all, since CuPy would clamp an empty grid to one block."""
+
+    def no_launch(launch):
+        raise AssertionError(f"launched {launch}")
+
+    monkeypatch.setattr(wkv6_cupy, "_check_device", lambda r: None)
+    monkeypatch.setattr(wkv6_cupy, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(wkv6_cupy, "_run_on_gpu", no_launch)
+    for B, H in ((0, 4), (3, 0)):
+        r, u, state = torch.randn(B, H, 64), torch.randn(H, 64), torch.randn(B, H, 64, 64)
+        assert wkv6_decode_cupy(r, r, r, r, u, state).shape == (B, H, 64)
+    r, u, state = torch.randn(0, 2, 64), torch.randn(2, 64), torch.randn(1, 2, 64, 64)
+    assert wkv6_prefill_cupy(r, r, r, r, u, state).shape == (0, 2, 64)
+
+
+def test_checks_are_cheap():
+    """A decode step checks its arguments once per layer: keep that to microseconds."""
+    r, u, state = torch.randn(16, 32, 64), torch.randn(32, 64), torch.randn(16, 32, 64, 64)
+    check = lambda: check_wkv6_args(r, r, r, r, u, state, None, decode=True)  # noqa: E731
+    seconds = min(timeit.repeat(check, number=200, repeat=5)) / 200
+    assert seconds < 20e-6, f"{seconds * 1e6:.1f} us per check"
+
+
+def test_offsets_are_uploaded_once_per_prefill(monkeypatch):
+    """Every layer of a prefill passes the same CPU offsets: one host-to-device copy serves them all, and new
+    values (even in the same tensor, which inference mode cannot version) get a new copy."""
+    monkeypatch.setattr(wkv6_cupy, "_uploaded", None)
+    copies = []
+    real_to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        copies.append(args)
+        return real_to(self, *args, **kwargs)
+
+    meta = torch.device("meta")  # stands in for a GPU: a real device, not the CPU
+    with torch.inference_mode():
+        cu = torch.tensor([0, 4, 9])
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    first = [wkv6_cupy._device_offsets(cu, meta) for _ in range(3)]
+    uploads = sum(1 for a in copies if meta in a)
+    assert uploads == 1 and all(f is first[0] for f in first)
+    with torch.inference_mode():
+        cu[1] = 5
+    wkv6_cupy._device_offsets(cu, meta)
+    assert sum(1 for a in copies if meta in a) == 2
 
 
 # --- GPU: kernels against the reference ----------------------------------------------------------------------
@@ -245,13 +332,75 @@ class TestOnGPU:
         assert torch.equal(y, y_prefill) and torch.equal(state, as_prefill)
 
     def test_runs_on_the_current_stream(self):
+        """With the default stream busy for ~0.5 s, a launch on a side stream must finish first: a kernel queued
+        on the default (or legacy null) stream instead would leave y and the state unwritten when read."""
         r, k, v, w, u, state = cuda_inputs(64, dtype=torch.bfloat16, seed=3)
         expected_state = state.clone()
         expected = wkv6_prefill_cupy(r, k, v, w, u, expected_state)
+        torch.cuda.synchronize()
         side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        torch.cuda._sleep(1_000_000_000)  # on the default stream
+        busy = torch.cuda.Event()
+        busy.record()
         with torch.cuda.stream(side):
-            y = wkv6_prefill(r, k, v, w, u, state, backend=resolve_backend("auto", r.device))
-            y = y.clone()  # ordered after the kernel only if the kernel ran on `side`
+            y = wkv6_prefill(r, k, v, w, u, state, backend="cupy").clone()
+            state_after = state.clone()
         side.synchronize()
-        assert torch.equal(y, expected) and torch.equal(state, expected_state)
+        assert not busy.query(), "the default stream finished early: the test could not tell the streams apart"
+        assert torch.equal(y, expected) and torch.equal(state_after, expected_state)
+        torch.cuda.synchronize()
+
+    def test_no_deprecated_stream_api(self):
+        r, k, v, w, u, state = cuda_inputs(3, B=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            wkv6_decode_cupy(r, k, v, w, u, state)
+            torch.cuda.synchronize()
+
+    def test_decode_replayed_from_a_cuda_graph_equals_eager(self):
+        from visualrwkv_eval.kernels.cuda_graph import GraphedStep
+
+        steps = [cuda_inputs(16, B=16, dtype=torch.bfloat16, seed=s) for s in range(4)]
+        u, initial = steps[0][4], steps[0][5]
+        wkv6_decode_cupy(*steps[0][:4], u, initial.clone())  # eager once: compiled, allocator warm
+        eager_state, graph_state = initial.clone(), initial.clone()
+        graphed = GraphedStep(lambda r, k, v, w: wkv6_decode_cupy(r, k, v, w, u, graph_state), *steps[0][:4])
+        for step in steps:
+            y_eager = wkv6_decode_cupy(*step[:4], u, eager_state)
+            y_graph = graphed(*step[:4]).clone()
+            assert torch.equal(y_graph, y_eager)
+        assert torch.equal(graph_state, eager_state)
+
+    def test_offsets_on_the_gpu_with_strides(self):
+        lengths = [5, 0, 17]
+        r, k, v, w, u, state = cuda_inputs(22, B=3, seed=4)
+        cu = torch.tensor([0, *lengths]).cumsum(0)
+        strided = torch.stack([cu, cu], 1).cuda()[:, 0].to(torch.int32)
+        assert not strided.is_contiguous() or strided.dtype != torch.int64
+        s_cpu, s_gpu = state.clone(), state.clone()
+        y_cpu = wkv6_prefill_cupy(r, k, v, w, u, s_cpu, cu)
+        y_gpu = wkv6_prefill_cupy(r, k, v, w, u, s_gpu, torch.stack([cu, cu], 1).cuda()[:, 0])
+        assert torch.equal(y_gpu, y_cpu) and torch.equal(s_gpu, s_cpu)
+        assert torch.equal(wkv6_prefill_cupy(r, k, v, w, u, state.clone(), strided), y_cpu)
+
+    def test_unusual_strides_match_contiguous(self):
+        r, k, v, w, u, state = cuda_inputs(30, seed=5)
+        s_ref = state.clone()
+        y_ref = wkv6_prefill_cupy(r, k, v, w, u, s_ref)
+        u_t = u.t().contiguous().t()
+        state_t = state.transpose(-1, -2).contiguous().transpose(-1, -2)
+        r_s = torch.cat([r, r], -1)[..., :64]
+        y = wkv6_prefill_cupy(r_s, k, v, w, u_t, state_t)
+        assert torch.equal(y, y_ref) and torch.equal(state_t, s_ref)
+
+    def test_empty_launches(self):
+        for B, H in ((0, 4), (2, 0)):
+            r, u, state = torch.randn(B, H, 64, device="cuda"), torch.randn(H, 64, device="cuda"), None
+            state = torch.randn(B, H, 64, 64, device="cuda")
+            assert wkv6_decode_cupy(r, r, r, r, u, state).shape == (B, H, 64)
+        torch.cuda.synchronize()
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+    def test_probe_passes(self, dtype):
+        kernels.probe_cupy.cache_clear()
+        assert kernels.probe_cupy(torch.device("cuda", torch.cuda.current_device()), dtype) is None
