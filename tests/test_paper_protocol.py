@@ -164,7 +164,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def requests(tmp_path_factory):
-    """{case: (context, has_image)} as lmms-eval builds the paper tasks' requests on the cases' documents."""
+    """{case: (context, has_image, generation kwargs)} as lmms-eval builds the paper tasks' requests on the cases' documents."""
     from lmms_eval.tasks import TaskManager, get_task_dict
 
     root = tmp_path_factory.mktemp("paper")
@@ -189,16 +189,18 @@ def requests(tmp_path_factory):
         obj.build_all_requests(rank=0, world_size=1)
         assert len(obj.instances) == len(cases), task
         for inst in sorted(obj.instances, key=lambda i: i.doc_id):
-            context, doc_to_visual = inst.arguments[0], inst.arguments[2]
-            out[cases[inst.doc_id]] = (context, bool(doc_to_visual(obj.test_docs()[inst.doc_id])))
+            context, gen_kwargs, doc_to_visual = inst.arguments[:3]
+            out[cases[inst.doc_id]] = (context, bool(doc_to_visual(obj.test_docs()[inst.doc_id])), gen_kwargs)
     return out
 
 
 @pytest.mark.slow  # lmms-eval indexes all its task YAMLs once per module
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_paper_prompt_equals_the_reference(case, requests, tiny_model):
-    context, has_image = requests[case]
+    context, has_image, gen_kwargs = requests[case]
     assert has_image
+    assert gen_kwargs["max_new_tokens"] == 128 and gen_kwargs["until"] == ["\n\n"]  # evaluate.py's generation
+    assert not gen_kwargs["do_sample"]
     ids = tiny_model.prompt(context, has_image)
     assert ids.has_image
     assert (ids.before, ids.after) == reference_ids(CASES[case][4]), context
@@ -215,7 +217,7 @@ def test_the_reference_ids_spelled_out():
 @pytest.mark.slow
 def test_mme_double_space_gives_newline_not_space_newline(requests, tiny_model):
     """lmms-eval's `mme` leaves "? \\nAnswer" for a double-spaced question: token 265 (" \\n"), not 11."""
-    context, _ = requests["mme_double_space"]
+    context = requests["mme_double_space"][0]
     assert context == f"Is there a train in this image?\n{SHORT}"
     assert 265 not in tiny_model.prompt(context, True).after
 
