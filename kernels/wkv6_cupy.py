@@ -15,8 +15,8 @@ Decode does no host-device copy and no synchronisation, so a decode step can be 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from importlib.resources import files
+from typing import NamedTuple
 
 import cupy
 import torch
@@ -87,8 +87,7 @@ def default_split(heads: int, sm_count: int) -> int:
     return next((s for s in SPLITS if heads * s >= sm_count), SPLITS[-1])
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):  # a NamedTuple: built on every launch, and cheaper than a frozen dataclass
     """One kernel launch: entry point wkv6_split{split} on `grid` blocks of THREADS threads, with the kernel's
     arguments in order (r, k, v, w, u, state, y, cu_seqlens or None, seq_len, H)."""
 
@@ -145,7 +144,7 @@ def _device_offsets(cu_seqlens: torch.Tensor, device: torch.device) -> torch.Ten
 def plan(r, k, v, w, u, state, cu_seqlens, *, decode: bool, split: int | None, sm_count: int):
     """(y, launch or None): the output tensor and the launch that fills it; None when there is nothing to compute
     (B * H = 0 or no time steps: the state stays as it is). Arguments as checked by check_wkv6_args."""
-    y = torch.empty(r.shape, dtype=r.dtype, device=r.device)
+    y = torch.empty_like(r, memory_format=torch.contiguous_format)
     B, H = state.shape[:2]
     if B * H == 0 or r.shape[0] == 0:
         return y, None
@@ -161,10 +160,12 @@ def _run_on_gpu(launch: Launch) -> None:
     device = r.device.index
     stream = _cupy_stream(device, torch.cuda.current_stream(r.device).cuda_stream)
     pointers = tuple(0 if t is None else t.data_ptr() for t in launch.tensors)
-    # Python ints travel as 64-bit values: the kernel takes pointers and long long.
-    _kernel(device, r.dtype, launch.split)(
-        (launch.grid,), (THREADS,), (*pointers, launch.seq_len, launch.heads), stream=stream
-    )
+    # The module was loaded on `device`; the launch needs that device's context current. Python ints travel as
+    # 64-bit values: the kernel takes pointers and long long.
+    with cupy.cuda.Device(device):
+        _kernel(device, r.dtype, launch.split)(
+            (launch.grid,), (THREADS,), (*pointers, launch.seq_len, launch.heads), stream=stream
+        )
 
 
 def _wkv6(r, k, v, w, u, state, cu_seqlens, *, decode: bool, split: int | None) -> torch.Tensor:
