@@ -142,6 +142,7 @@ def test_paper_protocol_variants(demo_dir, lmms_model, tmp_path, monkeypatch):
     from lmms_eval.tasks import TaskManager
 
     monkeypatch.chdir(tmp_path)  # submission files of the Python API land in ./submissions
+    monkeypatch.setenv("VISUALRWKV_VQAV2_TEST_QUESTIONS", str(demo_dir / "data" / "vqav2_test.parquet"))
     manager = TaskManager(include_path=str(demo_dir / "tasks"), model_name="visualrwkv")
     assert {"visualrwkv_paper", "visualrwkv_paper_pope", "visualrwkv_mini"} <= set(manager.all_groups)
     tasks = [
@@ -150,6 +151,8 @@ def test_paper_protocol_variants(demo_dir, lmms_model, tmp_path, monkeypatch):
         override(demo_dir, "visualrwkv_paper_mmbench_en_dev", "dev", "mmbench_en_dev"),
         override(demo_dir, "visualrwkv_paper_mmbench_cn_dev", "dev", "mmbench_cn_dev"),
         override(demo_dir, "visualrwkv_paper_vqav2_testdev", "testdev", "vqav2_test"),
+        {**override(demo_dir, "visualrwkv_paper_gqa", "testdev", "gqa_testdev"), "process_docs": None},
+        override(demo_dir, "visualrwkv_paper_scienceqa_img", "test", "scienceqa_img_test"),
         *(override(demo_dir, f"visualrwkv_paper_pope_{s}", split, f"pope_{split}")
           for s, split in (("adv", "adversarial"), ("pop", "popular"), ("random", "random"))),
     ]  # fmt: skip
@@ -174,4 +177,9 @@ def test_paper_protocol_variants(demo_dir, lmms_model, tmp_path, monkeypatch):
         assert "pope_f1_score,none" in res[f"visualrwkv_paper_pope_{s}"]
         for sample in samples[f"visualrwkv_paper_pope_{s}"]:
             assert sample["pope_accuracy"]["prediction"] in ("yes", "no")  # LLaVA parsing maps every answer
-    assert list((tmp_path / "submissions").glob("vqav2-test-submission-*.json"))
+    (vqa,) = (tmp_path / "submissions").glob("vqav2-test-submission-*.json")
+    assert len(json.loads(vqa.read_text())) == rows(demo_dir, "vqav2_test")  # every test2015 id of the mini split
+    assert "exact_match,none" in res["visualrwkv_paper_gqa"]
+    assert "exact_match,none" in res["visualrwkv_paper_scienceqa_img"]
+    for sample in samples["visualrwkv_paper_scienceqa_img"]:  # LLaVA's question text, no instruction suffix
+        assert context(sample).split("\n")[-1][:3] in ("B. ", "C. ", "D. "), context(sample)  # ends at the last choice
