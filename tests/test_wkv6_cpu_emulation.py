@@ -168,6 +168,29 @@ def test_a_kernel_that_reads_out_of_bounds_crashes_the_test(emulator, tmp_path):
         broken.run(launch)
 
 
+def test_denormals_flush_to_zero_as_with_ftz(emulator):
+    """-ftz=true on the GPU: a denormal state reads as zero. A tiny state with k = 0 and decays near 1 ends at
+    exactly zero (without FTZ it would stay near 1e-39)."""
+    tensors, state, _ = inputs([9], seed=10)
+    r, k, v, w, u = tensors
+    state.fill_(1e-39)
+    y = emulate(emulator, [r, torch.zeros_like(k), v, torch.full_like(w, -20.0), u], state, None)
+    assert torch.count_nonzero(state) == 0 and torch.count_nonzero(y) == 0
+
+
+def test_partial_warp_masks_are_refused(tmp_path):
+    """The shim's __shfl_xor_sync serves full warps only; anything else stops the program instead of guessing."""
+    main = tmp_path / "mask.cpp"
+    main.write_text(
+        '#include "cuda_shim.h"\n'
+        "int main() { emul::Block block(32); emul::block = &block; return (int)__shfl_xor_sync(0xffffu, 1.f, 1); }\n"
+    )
+    exe = tmp_path / "mask"
+    subprocess.run([GXX, *emul.CXXFLAGS, f"-I{emul.SHIM_DIR}", str(main), "-o", str(exe)], check=True)
+    done = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert done.returncode < 0 and "partial mask" in done.stderr
+
+
 # --- offsets past 2^31 elements: base pointers shifted back, nothing huge allocated ---------------------------
 
 SHIFT_ROWS = 2**25  # rows * (H * N = 128) = 2^32 elements before the data (the emulation adds no checks)
