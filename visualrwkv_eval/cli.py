@@ -81,19 +81,36 @@ def _demo(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     import torch
 
-    from visualrwkv_eval.bench import DTYPES, eval_throughput, length, roofline
+    from visualrwkv_eval.bench import DTYPES, eval_throughput, length, roofline, scale
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
     if getattr(args, "lengths", "") is None:
         args.lengths = "1024,2048,4096,8192,16384,24576" if device.type == "cuda" else "1024,2048,4096,8192"
-    {"length": length, "eval": eval_throughput, "roofline": roofline}[args.what].run(args, device, dtype)
+    {"length": length, "eval": eval_throughput, "roofline": roofline, "scale": scale}[args.what].run(
+        args, device, dtype
+    )
 
 
 def _mini_tasks(tasks: Path) -> list[str]:
     import yaml
 
     return yaml.safe_load((tasks / "mini" / "_visualrwkv_mini.yaml").read_text())["task"]
+
+
+def _scale_parser(bench) -> None:
+    b = bench.add_parser("scale", help="samples/s and peak memory against rows, through the lmms-eval CLI")
+    b.add_argument("--preset", default="vqav2_testdev", help="data set whose rows / distinct images to mimic")
+    b.add_argument("--rows", default="100,1000", help="comma-separated row counts (lmms-eval --limit)")
+    b.add_argument("--preset-rows", type=int, default=None, help="rows in the generated data (default: max --rows)")
+    b.add_argument("--workers", type=int, default=2, help="image_workers of the pipeline run (vs 0)")
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--image-size", default="640x480", help="WxH of the JPEGs")
+    b.add_argument("--max-new-tokens", type=int, default=3, help="answer cap (VQA answers: 1-3 tokens); 0: the task's")
+    b.add_argument("--inline-max-rows", type=int, default=10**9, help="run image_workers=0 only up to this many rows")
+    b.add_argument("--out", default="bench_results", help="folder for the JSON and PNG")
+    b.add_argument("--work", default=None, help="folder for the data, model and runs (default: OUT/scale_work)")
+    b.set_defaults(device="cpu", dtype="float32")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             b.add_argument("--prompt", type=int, default=640, help="prefill length")
             b.add_argument("--steps", type=int, default=16, help="decode steps timed")
+    _scale_parser(bench)
     p.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     args.func(args)

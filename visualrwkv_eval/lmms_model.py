@@ -8,7 +8,10 @@ answers with their token counts.
 from __future__ import annotations
 
 import os
+import time
 import zlib
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -18,6 +21,7 @@ from loguru import logger
 from PIL import Image
 from tqdm import tqdm
 
+from visualrwkv_eval.journal import Entry, Journal, dataset_fingerprint, model_key, output_path_of, request_key
 from visualrwkv_eval.model import (
     DEFAULT_VISION_TOWER,
     BatchStats,
@@ -28,10 +32,15 @@ from visualrwkv_eval.model import (
     loglikelihood_batch,
 )
 from visualrwkv_eval.model.visualrwkv import parse_device
+from visualrwkv_eval.pipeline import Prefetcher, Prepared, default_workers
 from visualrwkv_eval.settings import generation_settings, parse_batch_size, whole_number
 from visualrwkv_eval.throughput import Throughput
 
-MODEL_ARGS = ("pretrained", "vision_tower", "dtype", "device", "image_position", "scan", "kernel", "max_new_tokens")
+MODEL_ARGS = (
+    "pretrained", "vision_tower", "dtype", "device", "image_position", "scan", "kernel", "max_new_tokens",
+    "image_workers", "journal",
+)  # fmt: skip
+JOURNAL_OFF = ("off", "none", "false", "no", "0", "")
 MAX_ROUNDS = 64  # a multi-round task that never signals its end
 AUTO_BATCH_CAP = 256  # batch_size=auto never goes beyond this unless max_batch_size says otherwise
 # C0 control characters (but tab and newlines): meaningless in an answer, and lmms-eval's xlsx writers
@@ -56,6 +65,8 @@ class VisualRWKV(lmms):
         scan: str = "bidirectional",
         kernel: str = "auto",
         max_new_tokens: int = 128,
+        image_workers: int | None = None,
+        journal: str | bool = "auto",
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
         **unknown,
@@ -68,6 +79,8 @@ class VisualRWKV(lmms):
         # settings that would give an empty run fail here, before the checkpoint is read (load_model checks its own)
         fixed_batch, batch_cap = parse_batch_size(batch_size, max_batch_size)
         max_new_tokens = whole_number("max_new_tokens", max_new_tokens)
+        if image_workers is not None and not str(image_workers).isdigit():  # before the (long) model load
+            raise ValueError(f"image_workers={image_workers!r}: expected a whole number >= 0 (0: prepare inline)")
         self.accelerator = Accelerator()
         self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         if device is None or device == "cuda":
@@ -81,6 +94,12 @@ class VisualRWKV(lmms):
         cap = AUTO_BATCH_CAP if fixed_batch is None and batch_cap is None else batch_cap
         self.batch_size_per_gpu = size if cap is None else min(size, cap)
         self._warned_multi_image = False
+        # images of the next batches are prepared on this many threads while the model runs (0: inline)
+        self.image_workers = (
+            default_workers(self._device, self._world_size) if image_workers is None else int(image_workers)
+        )
+        self.journal = journal  # folder | auto (<--output_path>/visualrwkv_journal) | off
+        self._pretrained, self._model_key = pretrained, None
 
     def _auto_batch_size(self) -> int:
         """As many sequences as 70% of the free memory holds (the model's own estimate per sequence)."""
@@ -171,56 +190,130 @@ class VisualRWKV(lmms):
         for start in range(0, len(order), self.batch_size):
             yield order[start : start + self.batch_size]
 
+    def _prepare(self, doc_to_visual, doc_id: int, task: str, split: str) -> Prepared:
+        """The request's image as pixels (runs on an image worker): decoded and preprocessed, nothing else kept."""
+        image, error = self._image(doc_to_visual, doc_id, task, split)
+        if error or image is None:
+            return Prepared(None, error)
+        try:
+            return Prepared(self.model.preprocess([image]))
+        except Exception as e:  # a broken image must cost this sample only
+            return Prepared(None, f"{type(e).__name__}: {e}")
+
+    # ---- resume --------------------------------------------------------------------------------------
+    def _journal_folder(self, requests: list[Instance]) -> Path | None:
+        if self.journal is False or str(self.journal).lower() in JOURNAL_OFF:
+            return None
+        if str(self.journal) != "auto":
+            return Path(self.journal)
+        output = output_path_of(requests[0].args[2]) if requests else None
+        return None if output is None else Path(output) / "visualrwkv_journal"
+
+    def _resume(self, requests: list[Instance], jobs: list[GenerationRequest], results: list) -> tuple:
+        """(journal or None, key per request, indices still to compute); fills `results` from the journal."""
+        folder = self._journal_folder(requests)
+        if folder is None:
+            return None, [None] * len(requests), list(range(len(requests)))
+        journal = Journal(folder, self.rank)
+        if self._model_key is None:
+            self._model_key = model_key(self.model, self._pretrained, folder / "fingerprints.json")
+        keys = []
+        for req, job in zip(requests, jobs):
+            context, gen_kwargs, _, doc_id, task, split = req.args
+            fields = {"type": "generate_until", "task": task, "split": split, "doc_id": doc_id, "context": context,
+                      "gen_kwargs": gen_kwargs, "data": dataset_fingerprint(self.task_dict, task, split),
+                      "request": [job.max_new_tokens, job.until, job.temperature, job.top_p, job.seed]}  # fmt: skip
+            keys.append(request_key(self._model_key, fields))
+        found = journal.load(set(keys))
+        todo = []
+        for i, key in enumerate(keys):
+            if (entry := found.get(key)) is None:
+                todo.append(i)
+            else:
+                results[i] = GenerationResult(entry.text, TokenCounts(entry.prompt_tokens, entry.new_tokens))
+        served = len(requests) - len(todo)
+        logger.info(f"journal {folder}: {served} of {len(requests)} answers served from it, {len(todo)} to compute")
+        return journal, keys, todo
+
     # ---- lmms-eval entry points -----------------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         self._check_setup(requests)
-        prepared, failures = [], {}
-        for i, req in enumerate(requests):
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
-            image, error = self._image(doc_to_visual, doc_id, task, split)
-            if error:
-                failures[i] = error
-            prepared.append(self._generation_request(context, gen_kwargs, image, task, split, doc_id))
-        # Long generations first, so that an out-of-memory batch shows up at once
-        order = sorted(range(len(requests)), key=lambda i: (-prepared[i].max_new_tokens, -len(prepared[i].context)))
-        order = [i for i in order if i not in failures]
+        # Text only here: a request becomes an image on a worker just before its batch runs
+        jobs = [self._generation_request(ctx, kw, None, task, split, doc_id) for ctx, kw, _, doc_id, task, split in
+                (r.args for r in requests)]  # fmt: skip
         results: list[GenerationResult] = [GenerationResult("", TokenCounts(0, 0)) for _ in requests]
-        throughput = Throughput(self._device)
-        with tqdm(total=len(requests), disable=self.rank != 0, desc="VisualRWKV") as bar:
-            bar.update(len(failures))
-            for batch in self._batches(order):
-                stats = BatchStats()
-                gens = self._run(
-                    lambda b, s=stats: generate_batch(self.model, [prepared[i] for i in b], stats=s), batch
-                )
-                for i, gen in zip(batch, gens):
-                    if gen.error:
-                        failures[i] = gen.error
-                    text = gen.text.translate(CONTROL)
-                    results[i] = GenerationResult(text, TokenCounts(gen.prompt_tokens, len(gen.new_tokens)))
-                tasks = [requests[i].args[4] for i in batch]
-                throughput.add_batch(tasks, [g.prompt_tokens for g in gens], [len(g.new_tokens) for g in gens], stats)
-                bar.update(len(batch))
+        journal, keys, todo = self._resume(requests, jobs, results)
+        # Long generations first, so that an out-of-memory batch shows up at once
+        order = sorted(todo, key=lambda i: (-jobs[i].max_new_tokens, -len(jobs[i].context)))
+        prefetch = Prefetcher(lambda i: self._prepare(*requests[i].args[2:]), self.image_workers)
+        throughput, start = Throughput(self._device), time.perf_counter()
+        try:
+            with tqdm(total=len(requests), disable=self.rank != 0, desc="VisualRWKV") as bar:
+                bar.update(len(requests) - len(todo))
+                for batch, prepared in prefetch.run(self._batches(order)):
+                    done = self._generate(batch, prepared, requests, jobs, results, throughput)
+                    if journal is not None:
+                        journal.append(
+                            [(keys[i], entry, f"{requests[i].args[4]}/{requests[i].args[3]}") for i, entry in done]
+                        )
+                    bar.update(len(batch))
+        finally:
+            if journal is not None:
+                journal.close()
         throughput.report()
-        for i, error in sorted(failures.items()):
-            _, _, _, doc_id, task, split = requests[i].args
-            logger.warning(f"{task} doc {doc_id}: image could not be used ({error}); answering with an empty string")
+        seconds = time.perf_counter() - start
+        logger.info(
+            f"VisualRWKV: {len(todo)} answers in {seconds:.2f} s ({len(todo) / max(seconds, 1e-9):.2f} samples/s, "
+            f"image_workers={self.image_workers}); {len(requests) - len(todo)} served by the journal"
+        )
         return results
+
+    def _generate(self, batch, prepared, requests, jobs, results, throughput) -> list[tuple[int, Entry]]:
+        """Run one batch; returns the (request index, answer) pairs that were computed."""
+        ok, inputs = [], []
+        for i, p in zip(batch, prepared):
+            if p.error:
+                self._warn_unusable(requests[i], p.error)
+            else:
+                ok.append(i)
+                inputs.append(replace(jobs[i], pixels=p.pixels))
+        stats = BatchStats()
+        gens = self._run(lambda b: generate_batch(self.model, b, stats=stats), inputs) if inputs else []
+        done = []
+        for i, gen in zip(ok, gens):
+            if gen.error:
+                self._warn_unusable(requests[i], gen.error)
+                continue
+            text = gen.text.translate(CONTROL)
+            results[i] = GenerationResult(text, TokenCounts(gen.prompt_tokens, len(gen.new_tokens)))
+            done.append((i, Entry(text, gen.prompt_tokens, len(gen.new_tokens))))
+        tasks = [requests[i].args[4] for i in ok]
+        throughput.add_batch(tasks, [g.prompt_tokens for g in gens], [len(g.new_tokens) for g in gens], stats)
+        return done
+
+    @staticmethod
+    def _warn_unusable(request: Instance, error: str) -> None:
+        doc_id, task = request.args[3], request.args[4]
+        logger.warning(f"{task} doc {doc_id}: image could not be used ({error}); answering with an empty string")
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         self._check_setup(requests)
-        items = []
-        for req in requests:
-            context, target, doc_to_visual, doc_id, task, split = req.args
-            doc = self.task_dict[task][split][doc_id]
-            continuation = target(doc) if callable(target) else target
-            image, error = self._image(doc_to_visual, doc_id, task, split)
-            if error:
-                raise ValueError(f"{task} doc {doc_id}: image could not be used ({error})")
-            items.append((context, str(continuation), image))
+
+        def prepare(i: int) -> tuple[str, str, Prepared]:
+            context, target, doc_to_visual, doc_id, task, split = requests[i].args
+            continuation = target(self.task_dict[task][split][doc_id]) if callable(target) else target
+            return context, str(continuation), self._prepare(doc_to_visual, doc_id, task, split)
+
         out: list[tuple[float, bool]] = []
-        for batch in tqdm(list(self._batches(list(range(len(items))))), disable=self.rank != 0, desc="VisualRWKV"):
-            out.extend(self._run(lambda b: loglikelihood_batch(self.model, [items[i] for i in b]), batch))
+        batches = list(self._batches(list(range(len(requests)))))
+        prefetch = Prefetcher(prepare, self.image_workers)
+        for batch, items in tqdm(prefetch.run(batches), total=len(batches), disable=self.rank != 0, desc="VisualRWKV"):
+            for i, (_, _, p) in zip(batch, items):
+                if p.error:
+                    _, _, _, doc_id, task, _ = requests[i].args
+                    raise ValueError(f"{task} doc {doc_id}: image could not be used ({p.error})")
+            inputs = [(context, continuation, p.pixels) for context, continuation, p in items]
+            out.extend(self._run(lambda b: loglikelihood_batch(self.model, b), inputs))
         return out
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
