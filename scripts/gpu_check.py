@@ -60,7 +60,9 @@ class Report:
         print(f"== {name} ({self.left():.0f} s left)", flush=True)
         t0 = time.monotonic()
         try:
-            result = {"status": "ok", **fn()}
+            result = fn()
+            # a section reports wrong results under "problems" and keeps its figures
+            result = {"status": "failed" if result.get("problems") else "ok", **result}
         except Exception as e:
             result = {
                 "status": "error",
@@ -172,7 +174,9 @@ def graph_capture() -> dict:
     for step in steps:
         kernel_equal &= torch.equal(graphed(*step[:4]).clone(), wkv6_decode_cupy(*step[:4], u, eager_state))
     kernel_equal &= torch.equal(graph_state, eager_state)
-    return {"kernel_decode_graph_equals_eager": kernel_equal, **model_graph()}
+    result = {"kernel_decode_graph_equals_eager": kernel_equal, **model_graph()}
+    result["problems"] = [k for k, v in result.items() if k.endswith("equals_eager") and v is not True]
+    return result
 
 
 def model_graph() -> dict:
@@ -328,6 +332,10 @@ def tiny_model() -> dict:
             out[dtype] = {"max_abs_logit_diff": (logits["cupy"] - logits["torch"]).abs().max().item(),
                           "greedy_argmax_agreement": (logits["cupy"].argmax(-1) == logits["torch"].argmax(-1)).float().mean().item(),
                           "answers_equal": answers["cupy"] == answers["torch"], "answers": answers}  # fmt: skip
+    # fp32 must agree; bf16 rounds differently in the kernel and the reference, so a near-tie may flip there
+    fp32 = out["float32"]
+    if fp32["max_abs_logit_diff"] > 1e-3 or not fp32["answers_equal"]:
+        out["problems"] = ["fp32 kernel=cupy differs from kernel=torch"]
     return out
 
 
@@ -401,7 +409,7 @@ def main() -> int:
     report.run("long_sequence", long_sequence, 30)
     report.run("tiny_model", tiny_model, 45)
     report.run("sanitizers", lambda: sanitizers(min(150.0, report.left() - 5), args.out), 45)
-    statuses = [s["status"] for s in report.data["sections"].values()]
+    statuses = [section["status"] for section in report.data["sections"].values()]
     report.data["complete"] = all(s == "ok" for s in statuses)
     report.save()
     print(f"sections: {dict(zip(report.data['sections'], statuses))}")
