@@ -11,7 +11,9 @@
 // official kernel does. With SPLIT > 1, a head is spread over SPLIT blocks of 64 / SPLIT columns, and inside a
 // block SPLIT lane groups each own 64 / SPLIT rows of a column: more blocks and a shorter serial chain per
 // step when B * H is small. y is always summed by the same tree ((a0 + a1) + (a2 + a3)) of four 16-row
-// partial sums, so every SPLIT gives bit-identical results and the batch size never changes an answer.
+// partial sums of r_i S[i][j], plus v_j times the step's bonus sum_i r_i u_i k_i (one scalar per head and step,
+// summed by the block in a fixed order), so every SPLIT gives bit-identical results and the batch size never
+// changes an answer.
 
 constexpr int N = 64;
 constexpr int CHUNK = 8;  // time steps staged in shared memory per block-wide barrier
@@ -45,11 +47,11 @@ __device__ __forceinline__ unsigned short from_float(float x) {
 #error "define one of WKV_DTYPE_float32, WKV_DTYPE_bfloat16, WKV_DTYPE_float16"
 #endif
 
-// One (row i, column j) cell of a step; explicit fmaf so that the rounding cannot depend on SPLIT.
-__device__ __forceinline__ void wkv_cell(float r, float k, float d, float u, float v, float& s, float& acc) {
-    const float kv = k * v;
-    acc = fmaf(r, fmaf(u, kv, s), acc);
-    s = fmaf(s, d, kv);
+// One (row i, column j) cell of a step; explicit fmaf so that the rounding cannot depend on SPLIT. The bonus
+// term r_i u_i k_i v_j is not here: summed over i it is v_j times one scalar per step, added once per column.
+__device__ __forceinline__ void wkv_cell(float r, float k, float d, float v, float& s, float& acc) {
+    acc = fmaf(r, s, acc);
+    s = fmaf(s, d, k * v);
 }
 
 // Grid: B * H * SPLIT blocks of 64 threads. Sequence b spans rows [cu_seqlens[b], cu_seqlens[b + 1]) of the
@@ -69,9 +71,11 @@ __device__ __forceinline__ void wkv6(const wkv_t* __restrict__ r, const wkv_t* _
     __shared__ __align__(16) float sk[CHUNK][N];
     __shared__ __align__(16) float sd[CHUNK][N];  // the decay exp(-exp(w)), computed once per element
     __shared__ float sv[CHUNK][COLS];
-    // The bonus is the same for every column of a head: one shared copy instead of ROWS registers per thread,
-    // which kept SPLIT = 1 at 251-255 registers (a compiler change away from spilling).
-    __shared__ __align__(16) float su[N];
+    // The bonus of step c is sum_i r_i u_i k_i, the same for every column: products staged per row, summed once
+    // per step by the block in a fixed order (so it cannot depend on SPLIT). Keeping u out of the per-cell work
+    // saves the ROWS registers per thread that held it (SPLIT = 1 used 251-255 registers with them).
+    __shared__ float sp[CHUNK][N];
+    __shared__ float sb[CHUNK];
 
     const int tid = threadIdx.x, lane = tid % 32;
     const int group = lane / LANES;  // the rows [group * ROWS, (group + 1) * ROWS)
@@ -86,7 +90,7 @@ __device__ __forceinline__ void wkv6(const wkv_t* __restrict__ r, const wkv_t* _
     float s[ROWS];
 #pragma unroll
     for (int i = 0; i < ROWS; ++i) s[i] = S[i * N];
-    su[tid] = to_float(u[h * N + tid]);  // read after the first chunk's second barrier
+    const float u_row = to_float(u[h * N + tid]);  // this thread stages row tid
 
     // The next chunk's inputs are loaded into registers while this chunk computes, hiding global latency.
     wkv_t nr[CHUNK], nk[CHUNK], nw[CHUNK], nv[V_PER_THREAD];
@@ -114,8 +118,10 @@ __device__ __forceinline__ void wkv6(const wkv_t* __restrict__ r, const wkv_t* _
 #pragma unroll
         for (int c = 0; c < CHUNK; ++c) {
             if (c < steps) {
-                sr[c][tid] = to_float(nr[c]);
-                sk[c][tid] = to_float(nk[c]);
+                const float rf = to_float(nr[c]), kf = to_float(nk[c]);
+                sr[c][tid] = rf;
+                sk[c][tid] = kf;
+                sp[c][tid] = rf * u_row * kf;
                 sd[c][tid] = expf(-expf(to_float(nw[c])));
             }
         }
@@ -126,24 +132,37 @@ __device__ __forceinline__ void wkv6(const wkv_t* __restrict__ r, const wkv_t* _
         }
         __syncthreads();
         if (tc + CHUNK < t1) fetch(tc + CHUNK);
+        {
+            // Bonus of step tid / 8: eight lanes add eight products each, then three shuffles combine them. All
+            // lanes shuffle (full warps), lanes of unused steps with zeros.
+            const int c = tid / 8, part = tid % 8;
+            float sum = 0.f;
+            if (c < steps) {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) sum += sp[c][part * 8 + i];
+            }
+#pragma unroll
+            for (int offset = 1; offset < 8; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            if (part == 0) sb[c] = sum;
+        }
+        __syncthreads();
 
         for (int c = 0; c < steps; ++c) {
             const float4* r4 = reinterpret_cast<const float4*>(sr[c]) + group * ROWS / 4;
             const float4* k4 = reinterpret_cast<const float4*>(sk[c]) + group * ROWS / 4;
             const float4* d4 = reinterpret_cast<const float4*>(sd[c]) + group * ROWS / 4;
-            const float4* u4 = reinterpret_cast<const float4*>(su) + group * ROWS / 4;
             const float vt = sv[c][col_in_block];
             float acc[ACC];
 #pragma unroll
             for (int a = 0; a < ACC; ++a) acc[a] = 0.f;
 #pragma unroll
             for (int q = 0; q < ROWS / 4; ++q) {
-                const float4 rq = r4[q], kq = k4[q], dq = d4[q], uq = u4[q];
+                const float4 rq = r4[q], kq = k4[q], dq = d4[q];
                 float& a = acc[q / 4];  // rows [16 * n, 16 * n + 16) go to partial sum n
-                wkv_cell(rq.x, kq.x, dq.x, uq.x, vt, s[4 * q + 0], a);
-                wkv_cell(rq.y, kq.y, dq.y, uq.y, vt, s[4 * q + 1], a);
-                wkv_cell(rq.z, kq.z, dq.z, uq.z, vt, s[4 * q + 2], a);
-                wkv_cell(rq.w, kq.w, dq.w, uq.w, vt, s[4 * q + 3], a);
+                wkv_cell(rq.x, kq.x, dq.x, vt, s[4 * q + 0], a);
+                wkv_cell(rq.y, kq.y, dq.y, vt, s[4 * q + 1], a);
+                wkv_cell(rq.z, kq.z, dq.z, vt, s[4 * q + 2], a);
+                wkv_cell(rq.w, kq.w, dq.w, vt, s[4 * q + 3], a);
             }
             // The tree ((a0 + a1) + (a2 + a3)): first over this thread's partial sums, then over lane groups.
 #pragma unroll
@@ -153,7 +172,7 @@ __device__ __forceinline__ void wkv6(const wkv_t* __restrict__ r, const wkv_t* _
             float total = acc[0];
 #pragma unroll
             for (int offset = LANES; offset < 32; offset *= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
-            if (group == 0) y[(tc + c) * step + h * N + col] = from_float(total);
+            if (group == 0) y[(tc + c) * step + h * N + col] = from_float(fmaf(vt, sb[c], total));
         }
     }
 

@@ -66,7 +66,7 @@ def test_kernel_source_compiles(dtype, arch):
 
 
 def test_compile_error_shows_the_log():
-    broken = kernel_source().replace("const float kv = k * v;", "const float kv = k * undeclared;")
+    broken = kernel_source().replace("acc = fmaf(r, s, acc);", "acc = fmaf(r, undeclared, acc);")
     with pytest.raises(pytest.fail.Exception, match="undeclared"):
         nvrtc_ptx(broken, (*compile_options(torch.bfloat16), "--gpu-architecture=compute_90"))
 
