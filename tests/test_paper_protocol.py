@@ -148,6 +148,10 @@ CASES = {
     "mmbench_en_test": ("visualrwkv_paper_mmbench_en_test", "test", "mmbench_en_test",
                         mmbench(10, "Which animal is shown?", "Look at the picture.", ["cat", "dog"]),
                         sandwich(f"Look at the picture.\nWhich animal is shown?\nA. cat\nB. dog\n{MC_EN}")),
+    # evaluate.py's is_none: "nan" / "none" strings (TSV artefacts) count as missing, like None
+    "mmbench_nan_strings": ("visualrwkv_paper_mmbench_en_dev", "dev", "mmbench_en_dev",
+                            mmbench(11, "What is shown?", "nan", ["cat", "dog", "bird", "None"]),
+                            sandwich(f"What is shown?\nA. cat\nB. dog\nC. bird\n{MC_EN}")),
     "mmbench_cn": ("visualrwkv_paper_mmbench_cn_dev", "dev", "mmbench_cn_dev",
                    mmbench(9, "图中是什么动物?", "请仔细观察图片。", ["猫", "狗", "鸟"]),
                    sandwich(f"请仔细观察图片。\n图中是什么动物?\nA. 猫\nB. 狗\nC. 鸟\n{MC_CN}")),
@@ -220,6 +224,20 @@ def test_mme_double_space_gives_newline_not_space_newline(requests, tiny_model):
     context = requests["mme_double_space"][0]
     assert context == f"Is there a train in this image?\n{SHORT}"
     assert 265 not in tiny_model.prompt(context, True).after
+
+
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [("B", "B"), ("B. sample A", "B"), ("The answer is B.", "B"), ("b", None), ("B.", None), ("E", None),
+     ("The answer is A. The answer is B.", None), ("I think A", None)],
+)  # fmt: skip
+def test_scienceqa_answers_parsed_as_the_reference(answer, letter):
+    """eval/eval_science_qa.py: a letter, "X. ...", or exactly one "The answer is X."; within the choices."""
+    from visualrwkv_eval.tasks.scoring import sqa_reference_answer, sqa_reference_process_results
+
+    assert sqa_reference_answer(answer, n_choices=4) == letter
+    doc = {"choices": ["a", "b", "c", "d"], "answer": 1}
+    assert sqa_reference_process_results(doc, [answer]) == {"exact_match": float(letter == "B")}
 
 
 # ---- VQAv2 test-dev submission -------------------------------------------------------------------------
