@@ -2,6 +2,8 @@
 PyTorch reference on a GPU (marked `gpu`, skipped without one). Imports only torch, cupy, pytest and the kernels,
 so that it runs on a GPU machine without the evaluation stack."""
 
+import contextlib
+import subprocess
 import sys
 import timeit
 import warnings
@@ -213,6 +215,33 @@ def test_nothing_to_compute_launches_nothing(monkeypatch):
     assert wkv6_prefill_cupy(r, r, r, r, u, state).shape == (0, 2, 64)
 
 
+def test_launch_goes_on_torchs_current_stream(monkeypatch):
+    """Without a GPU: the launch receives CuPy's view of torch's current stream (each time the current one, one
+    CuPy object per stream) and no deprecated API is used. The GPU test below shows the same with real streams."""
+    launches = []
+
+    class FakeStream:
+        def __init__(self, handle):
+            self.cuda_stream = handle
+
+    current = FakeStream(0xA000)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
+    monkeypatch.setattr(wkv6_cupy, "_kernel", lambda *key: lambda *a, stream: launches.append(stream))
+    monkeypatch.setattr(wkv6_cupy.cupy.cuda, "Device", lambda device: contextlib.nullcontext())
+    wkv6_cupy._cupy_stream.cache_clear()
+    r, u, state = torch.empty(1, 2, 64, device="meta"), torch.empty(2, 64, device="meta"), torch.empty(1, 2, 64, 64)
+    launch = wkv6_cupy.Launch(1, 2, (r, r, r, r, u, state.to("meta"), r, None), 1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        wkv6_cupy._run_on_gpu(launch)
+        wkv6_cupy._run_on_gpu(launch)
+        current = FakeStream(0xB000)
+        wkv6_cupy._run_on_gpu(launch)
+    assert [s.ptr for s in launches] == [0xA000, 0xA000, 0xB000]
+    assert launches[0] is launches[1]  # cached per (device, stream)
+    wkv6_cupy._cupy_stream.cache_clear()
+
+
 def test_checks_are_cheap():
     """A decode step checks its arguments once per layer: keep that to microseconds."""
     r, u, state = torch.randn(16, 32, 64), torch.randn(32, 64), torch.randn(16, 32, 64, 64)
@@ -243,6 +272,21 @@ def test_offsets_are_uploaded_once_per_prefill(monkeypatch):
         cu[1] = 5
     wkv6_cupy._device_offsets(cu, meta)
     assert sum(1 for a in copies if meta in a) == 2
+
+
+def test_default_split():
+    assert wkv6_cupy.default_split(32, 132) == 4  # batch 1 of a 32-head model: 128 blocks
+    assert wkv6_cupy.default_split(96, 132) == 2
+    assert wkv6_cupy.default_split(16 * 32, 132) == 1
+    assert wkv6_cupy.default_split(1, 132) == SPLITS[-1]
+
+
+def test_importing_kernels_stays_light():
+    code = (
+        "import sys, visualrwkv_eval.kernels; print(sorted({'cupy', 'transformers', 'lmms_eval'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # --- GPU: kernels against the reference ----------------------------------------------------------------------
