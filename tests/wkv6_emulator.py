@@ -1,7 +1,9 @@
 """Runs the unchanged kernels/wkv6.cu on the CPU: g++ compiles it against tests/cuda_emul/cuda_shim.h (one
 std::thread per CUDA thread), and `Emulator.run` executes a launch planned by the real launcher
 (visualrwkv_eval.kernels.wkv6_cupy.plan) on buffers fenced by inaccessible guard pages, in a forked child, so
-that an out-of-bounds access fails the test instead of corrupting memory or killing pytest.
+that an out-of-bounds access fails the test instead of corrupting memory or killing pytest. y is refilled with a
+sentinel before each block, which counts the blocks that write each element; two threads of one block writing
+the same element would be a data race, which the ThreadSanitizer build reports.
 
 Only fp16 needs the source edited: its two inline-PTX conversions become _Float16 conversions (both round to
 nearest even, as cvt.rn does), and the edit checks that each line occurs exactly once.
