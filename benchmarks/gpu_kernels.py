@@ -172,6 +172,25 @@ def split_timings() -> dict:
     }
 
 
+def graph_vs_eager() -> dict:
+    """A 7B-like decode step's 32 WKV launches at batch 1, eager and replayed from one CUDA graph: what host
+    overhead costs per launch when the kernel itself takes microseconds."""
+    from visualrwkv_eval.kernels.cuda_graph import GraphedStep
+
+    r, k, v, w, u, state = make_inputs([1], torch.bfloat16, decode=True)
+
+    def step(x):
+        for _ in range(32):
+            x = wkv6_decode(x, k, v, w, u, state, backend="cupy")
+        return x
+
+    step(r)
+    graphed = GraphedStep(step, r)
+    eager_ms = time_ms(lambda: step(r), reps=10) / 32
+    graph_ms = time_ms(lambda: graphed(r), reps=10) / 32
+    return {"eager_ms_per_launch": eager_ms, "graph_ms_per_launch": graph_ms, "launches_per_step": 32}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_results/kernels.json"))
@@ -197,6 +216,7 @@ def main() -> None:
     ]
     report["decode"] = [decode_case(b, DECODE_TARGET if b == 64 else None, sms) for b in (1, 16, 64)]
     report["split_ms"] = split_timings()
+    report["decode_graph_vs_eager"] = graph_vs_eager()
     report["targets_met"] = all(e.get("meets_target", True) for e in report["prefill"] + report["decode"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
