@@ -98,7 +98,7 @@ def environment() -> dict:
             env["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
     except Exception as e:
         env["cupy_error"] = f"{type(e).__name__}: {e}"
-    env["compute_sanitizer"] = shutil.which("compute-sanitizer")
+    env["compute_sanitizer"] = find_sanitizer()
     if env["cuda_available"]:
         props = torch.cuda.get_device_properties(0)
         env |= {"device": props.name, "sm_count": props.multi_processor_count,
@@ -339,8 +339,18 @@ def tiny_model() -> dict:
     return out
 
 
+def find_sanitizer() -> str | None:
+    """compute-sanitizer on PATH or where CUDA toolkits put it."""
+    found = shutil.which("compute-sanitizer")
+    candidates = [
+        Path("/usr/local/cuda/bin/compute-sanitizer"),
+        *Path("/usr/local").glob("cuda-*/bin/compute-sanitizer"),
+    ]
+    return found or next((str(p) for p in candidates if p.exists()), None)
+
+
 def sanitizers(budget_s: float, out: Path) -> dict:
-    tool = shutil.which("compute-sanitizer")
+    tool = find_sanitizer()
     if tool is None:
         return {"available": False}
     results, log = {}, []
