@@ -1,6 +1,7 @@
 """WKV6 in plain PyTorch: the reference that every fast kernel is tested against.
 
-Per head, with key index i, value index j and an fp32 state S [N, N] (spec 4.1):
+Per head, with key index i, value index j and an fp32 state S [N, N] (the forward of RWKV-LM's wkv6 CUDA kernel,
+github.com/BlinkDL/RWKV-LM, RWKV-v5/cuda/wkv6_cuda.cu, with the state carried in and out):
     y_t[j] = sum_i r_t[i] * (u[i] * k_t[i] * v_t[j] + S[i, j])
     S[i, j] <- exp(-exp(w_t[i])) * S[i, j] + k_t[i] * v_t[j]
 w is the raw decay parameter (time_decay + LoRA, in the model dtype); the bonus u is used raw.
