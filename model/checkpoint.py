@@ -28,6 +28,13 @@ class Checkpoint:
     proj: torch.Tensor | None  # [n_embd, vision_hidden]; None for a plain RWKV-LM file
     vit: dict[str, torch.Tensor] = field(default_factory=dict)  # CLIPVisionModel keys ("vision_model.*")
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor under its name in the file."""
+        if self.proj is None:
+            return dict(self.rwkv)
+        named = {f"rwkv.{k}": v for k, v in self.rwkv.items()} | {f"vit.{k}": v for k, v in self.vit.items()}
+        return named | {"proj.weight": self.proj}
+
 
 def _few(keys, n: int = 5) -> str:
     keys = sorted(keys)
@@ -164,16 +171,14 @@ def _not_float(sd: dict[str, torch.Tensor]) -> list[str]:
 
 
 def _finite(t: torch.Tensor) -> bool:
-    """No NaN or inf in `t`: one fused reduction, no tensor-sized temporary (see nonfinite_tensors)."""
-    return bool(torch.isfinite(t.amax()) and torch.isfinite(t.amin()))
+    """No NaN or inf in `t`. min and max propagate NaN and reach +-inf, so one fused aminmax pass decides,
+    with no tensor-sized temporary: 0.3-0.6 ns of CPU time per element (bf16-fp32), 10-16x less than
+    torch.isfinite(t).all() (measured on a 65536 x 2048 tensor; README, "What is refused")."""
+    return bool(torch.isfinite(torch.stack(torch.aminmax(t))).all())
 
 
 def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """'name (n NaN, m inf)' for every floating tensor holding NaN or inf.
-
-    amax/amin propagate NaN and reach +-inf, so two allocation-free passes decide; the counts are computed
-    only for the culprits. (Measured against torch.isfinite(t).all() on a 1B6-shaped checkpoint: see README.)
-    """
+    """'name (n NaN, m inf)' for every floating tensor holding NaN or inf (counted only for the culprits)."""
     bad = []
     for name, t in tensors.items():
         if t.is_floating_point() and t.numel() and not _finite(t):
@@ -191,11 +196,12 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
         )
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, check_values: bool = True) -> Checkpoint:
     """Read, split and validate a VisualRWKV v6 (or plain RWKV-LM x060) checkpoint.
 
     Refused: files that are no checkpoint (with what they are), other RWKV generations, missing, unexpected
-    or misshapen keys, non-float tensors, vocabularies the World tokenizer cannot serve, NaN / inf weights.
+    or misshapen keys, non-float tensors, vocabularies the World tokenizer cannot serve, and with
+    `check_values` NaN / inf weights (load_model checks those itself, on the converted weights).
     """
     path = Path(path).expanduser()
     sd = read_state_dict(path)
@@ -230,5 +236,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: shape mismatch for {config}: {_few(wrong, 3)}")
     if proj is not None and (proj.ndim != 2 or proj.shape[0] != config.n_embd):
         raise CheckpointError(f"{path}: proj.weight has shape {tuple(proj.shape)}; expected [{config.n_embd}, D]")
-    check_finite(sd, str(path))
+    if check_values:
+        check_finite(sd, str(path))
     return Checkpoint(path=path, config=config, rwkv=rwkv, proj=proj, vit=vit)

@@ -12,7 +12,7 @@ from torch import nn
 
 from visualrwkv_eval.kernels import KERNELS, resolve_backend
 
-from .checkpoint import CheckpointError, check_finite, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, check_finite, load_checkpoint, nonfinite_tensors
 from .config import RWKV6Config
 from .prompt import POSITIONS, PromptIds, prompt_ids
 from .rowwise import linear
@@ -231,7 +231,7 @@ def load_model(
     device = parse_device(device)
     dtype = parse_dtype(dtype, device)
     resolve_backend(kernel, device, dtype)  # a CUDA kernel that cannot run shows here, not mid-evaluation
-    ckpt = load_checkpoint(pretrained)
+    ckpt = load_checkpoint(pretrained, check_values=False)  # checked below, once converted
     vision = None if ckpt.proj is None else build_vision_tower(vision_tower, ckpt.vit or None)
     if vision is not None and ckpt.proj.shape[1] != vision.hidden_size:
         raise CheckpointError(
@@ -243,9 +243,28 @@ def load_model(
     model = model.to(device=device, dtype=dtype)
     own_memory(model)
     model.checkpoint_path = str(ckpt.path)
-    if dtype == torch.float16 and any(t.dtype != dtype for t in ckpt.rwkv.values()):
-        check_finite(model.state_dict(), f"{ckpt.path} converted to float16 (use dtype=bfloat16 or float32)")
+    check_weights(model, ckpt)
     return model
+
+
+def check_weights(model: VisualRWKV, ckpt: Checkpoint) -> None:
+    """Refuse NaN / inf in any weight the model keeps: they turn every answer into garbage that would still be
+    scored. One copy of the weights is read: on a GPU the converted one (milliseconds there; a float16 overflow
+    counts too), on the CPU the narrower of the file's and the converted one, since a widening conversion
+    (bf16 -> fp32, the CPU default) cannot create an inf. The file is read again only to name a culprit.
+    (A tower read from its own folder is checked by build_vision_tower.)"""
+    stored = max(t.dtype.itemsize for t in ckpt.rwkv.values())
+    if model.device.type == "cpu" and stored < model.dtype.itemsize:
+        check_finite(ckpt.tensors(), str(ckpt.path))
+        return
+    bad = nonfinite_tensors(model.state_dict())
+    if not bad:
+        return
+    check_finite(ckpt.tensors(), str(ckpt.path))  # raises when the file itself holds them, naming its tensors
+    raise CheckpointError(
+        f"{ckpt.path}: weights overflow {model.dtype} when converted: {', '.join(bad[:4])}; "
+        "use dtype=bfloat16 or float32"
+    )
 
 
 def check_options(pretrained, vision_tower, scan: str, image_position: str) -> None:

@@ -1,5 +1,6 @@
 """Checkpoint reading: formats, shape inference and a clear error for every bad input."""
 
+import math
 import pickle
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from visualrwkv_eval.model import CheckpointError, RWKV6Config, load_checkpoint, load_model
-from visualrwkv_eval.model.checkpoint import detect_rwkv_version
+from visualrwkv_eval.model.checkpoint import detect_rwkv_version, nonfinite_tensors
 from visualrwkv_eval.model.tiny import SIZES, random_rwkv_weights
 
 SMALL = RWKV6Config(n_layer=2, n_embd=128, n_head=2, head_size=64, dim_ffn=448, d_mix=32, d_decay=64)
@@ -142,3 +143,18 @@ def test_other_rwkv_versions_are_named(tmp_path, keys, version):
 
 def test_no_rwkv_blocks_at_all(tmp_path):
     expect_error(tmp_path, {"weight": torch.zeros(3)}, "no RWKV blocks found")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_the_finiteness_check_finds_any_bad_value(dtype, value):
+    """The fused aminmax check, wherever the value sits, in contiguous and strided tensors; counts are exact."""
+    for pos in (0, 517, 4095):
+        t = torch.randn(64, 64).to(dtype)
+        t.view(-1)[pos] = value
+        kind = "1 NaN, 0 inf" if math.isnan(value) else "0 NaN, 1 inf"
+        assert nonfinite_tensors({"w": t, "ok": torch.ones(3, dtype=dtype)}) == [f"w ({kind})"]
+        assert nonfinite_tensors({"wt": t.t()}) == [f"wt ({kind})"]
+        strided = t[:, 1::2] if pos % 2 else t[:, ::2]
+        assert nonfinite_tensors({"s": strided}) == [f"s ({kind})"]
+    assert nonfinite_tensors({"big": torch.full((3,), 6e4, dtype=dtype), "empty": torch.zeros(0, dtype=dtype)}) == []

@@ -245,10 +245,11 @@ BAD_WEIGHTS = [
 
 
 @pytest.mark.parametrize(("change", "pattern"), BAD_WEIGHTS, ids=[p[:30] for _, p in BAD_WEIGHTS])
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_bad_weights_are_refused(tiny_dir, tmp_path, change, pattern, suffix):
+@pytest.mark.parametrize(("suffix", "stored"), [(".pth", torch.float32), (".safetensors", torch.bfloat16)])
+def test_bad_weights_are_refused(tiny_dir, tmp_path, change, pattern, suffix, stored):
+    """fp32 on CPU checks the loaded weights, bf16 widened to fp32 checks the file's (the narrower copy)."""
     path = tmp_path / f"m{suffix}"
-    sd = change(tiny_state_dict(tiny_dir))
+    sd = {k: v.to(stored) if v.is_floating_point() else v for k, v in change(tiny_state_dict(tiny_dir)).items()}
     torch.save(sd, path) if suffix == ".pth" else save_file({k: v.contiguous() for k, v in sd.items()}, path)
     with pytest.raises(CheckpointError, match=f"{re.escape(str(path))}: .*{pattern}"):
         load_model(str(path), vision_tower=str(tiny_dir / "vision_tower"))
@@ -268,7 +269,10 @@ def test_nonfinite_tower_folder_weights(tiny_dir, tmp_path):
 
 def test_float16_overflow_is_refused(tiny_dir, tmp_path):
     torch.save(poison("rwkv.blocks.0.ffn.value.weight", 1e6)(tiny_state_dict(tiny_dir)), tmp_path / "m.pth")
-    with pytest.raises(CheckpointError, match=r"converted to float16 .*blocks\.0\.ffn\.value\.weight \(0 NaN, 1 inf\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"overflow torch\.float16 when converted: rwkv\.blocks\.0\.ffn\.value\.weight \(0 NaN, 1 inf\)",
+    ):
         load_model(str(tmp_path / "m.pth"), vision_tower=str(tiny_dir / "vision_tower"), dtype="float16")
 
 
@@ -409,9 +413,11 @@ def run_cli(demo_dir, tmp_path, pretrained, *extra, debug=True):
            "--tasks", "visualrwkv_mini_pope", "--include_path", str(demo_dir / "tasks"), "--limit", "2",
            "--log_samples", "--output_path", str(out), "--process_docs_parallel", "1",
            *(["--verbosity", "DEBUG"] if debug else []), *extra]  # fmt: skip
-    proc = subprocess.run(cmd, env=offline_env(demo_dir), capture_output=True, text=True, timeout=600)
+    # one stream, as a terminal or a log file shows it
+    proc = subprocess.run(cmd, env=offline_env(demo_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600)  # fmt: skip
     written = sorted(p.name for p in out.rglob("*.json*")) if out.exists() else []
-    return proc, (proc.stdout + proc.stderr).strip().splitlines()[-8:], written
+    return proc, proc.stdout.strip().splitlines()[-8:], written
 
 
 CLI_CASES = [  # (extra arguments, text-only checkpoint?, pattern)
