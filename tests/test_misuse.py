@@ -62,8 +62,11 @@ def test_model_args_fail_before_loading(tmp_path, kwargs, pattern):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda(tmp_path):
+    """Asked for explicitly, a GPU that is not there is an error (no silent hours-long CPU run)."""
     with pytest.raises(ValueError, match=r"device=cuda:0: CUDA is not available here"):
         load_model(str(tmp_path / "absent.pth"), device="cuda:0")
+    with pytest.raises(ValueError, match=r"device=cuda: CUDA is not available here"):
+        adapter.VisualRWKV(pretrained=str(tmp_path / "absent.pth"), device="cuda")
 
 
 def test_valid_batch_settings(demo_dir):

@@ -83,8 +83,8 @@ class VisualRWKV(lmms):
             raise ValueError(f"image_workers={image_workers!r}: expected a whole number >= 0 (0: prepare inline)")
         self.accelerator = Accelerator()
         self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
-        if device is None or device == "cuda":
-            device = f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
+        if (device is None or device == "cuda") and torch.cuda.is_available():
+            device = f"cuda:{self.accelerator.local_process_index}"  # each process its own GPU
         self._device = parse_device(device)
         self.model = load_model(
             pretrained, vision_tower, dtype, self._device, scan=scan, image_position=image_position, kernel=kernel
