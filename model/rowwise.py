@@ -1,37 +1,115 @@
 """Matrix products whose result for a row never depends on the other rows of the call.
 
-BLAS picks its blocking by the number of rows, so row i of x @ W.T can differ in the last bits between a
-call with 1 row and one with 8 (1e-5 to 1e-4 here), enough to flip a greedy near-tie between batch sizes. On
-CPU every product runs in fixed tiles of TILE rows, the last one zero-padded: a row's result is then a
-function of that row alone, so batch size and packing never change an answer. On CUDA the products are single
-calls (cuBLAS also picks kernels by shape: there the invariance is not bitwise, see the README).
+Why: a BLAS picks its kernel and blocking by the shape of the call, so row i of x @ W can differ in the last
+bits between a call with 1 row and one with 8, enough to flip a greedy near-tie between batch sizes. Bitwise
+batch invariance on CPU therefore needs products whose per-row reduction order is a function of the row
+alone. On CUDA the products are single calls (cuBLAS also picks kernels by shape: there the invariance is not
+bitwise, see the README).
+
+What the BLAS does (torch 2.14 with MKL 2024.2, AVX-512, fp32; measured by exhaustive comparison of every row
+against the same row computed in other calls, `benchmarks/rowwise_bits.py` writes the table):
+- x [M, K] @ W [K, N] with W row-major (the "NN" layout): every row count M from 2 to 128, at any position of
+  the row in the call, gives the same bits, at 1 and at 2 threads, for every weight shape from 32 x 768 to the
+  7B model's 14336 x 4096. M = 1 differs (MKL takes its GEMV kernel). Larger calls switch kernels again:
+  at 2 threads a 2048 x 2048 product changes from M = 257 on, 2688 x 768 from 384, 7168 x 2048 from 1024; at
+  1 thread 2048 x 2048 already differs between M = 2 and M = 256.
+- x @ W.T with W [N, K] row-major (F.linear's layout) has one more class: M = 2..15 differ from M >= 16.
+- Splitting the columns (N) into blocks keeps a row's bits (the K order is per output element), but costs one
+  call per block; MKL's packed GEMM (`_mkl_linear`) has more classes and a 1.3-5x larger weight copy; oneDNN's
+  fp32 linear has the same {1} / {2..640} classes as the NN layout above.
+- The thread count changes the bits for K >= 2048 (1 vs 2 threads), so invariance holds within one process
+  at a fixed torch.get_num_threads(), as batching needs.
+
+Design: weights are kept in the NN layout on CPU (each [N, K] parameter stored as the transpose of a
+row-major [K, N] matrix, the layout the official `rwkv` package converts its weights to; `column_major_`),
+and every product runs in calls of 2 to TILE rows: a prompt of 640 rows is 5 calls, reading each weight 5
+times instead of 40 (16-row tiles), and a decode step of B rows is one call; a single row is padded to two.
+Weights in another layout (the image projector) keep fixed zero-padded tiles of PAD_TILE rows, which are
+exact for any BLAS that is deterministic for a fixed shape. `invariance_check` re-runs the measurement above
+on the machine at hand for a weight shape; the tests call it for every shape the model uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
-TILE = 16
+TILE = 128  # most rows per BLAS call: every count in 2..TILE gives the same bits (see above)
+MIN_ROWS = 2  # a 1-row call takes the GEMV kernel, whose bits differ: pad to 2
+PAD_TILE = 16  # fixed tile for weights not in the NN layout
 
 
-def _tiled(fn: Callable[..., torch.Tensor], x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
-    """fn over tiles of TILE rows of x (rows on dim -2), concatenated back."""
-    if x.device.type != "cpu":
-        return fn(x, *args)
+def _row_major(t: torch.Tensor) -> bool:
+    return t.stride(-1) == 1 and t.stride(-2) == t.shape[-1]
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return F.pad(x, (0, 0, 0, rows - x.shape[-2]))
+
+
+def _padded_tiles(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """fn over fixed tiles of PAD_TILE rows, the last one zero-padded: exact for any layout."""
     n = x.shape[-2]
-    padded = F.pad(x, (0, 0, 0, -n % TILE))
-    out = torch.cat([fn(tile, *args) for tile in padded.split(TILE, dim=-2)], dim=-2)
-    return out[..., :n, :]
+    padded = _pad_rows(x, n + -n % PAD_TILE)
+    return torch.cat([fn(tile, other) for tile in padded.split(PAD_TILE, dim=-2)], dim=-2)[..., :n, :]
+
+
+def _tiles(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """fn over calls of MIN_ROWS..TILE rows (balanced, so that no call has 1 row unless x has)."""
+    n = x.shape[-2]
+    if n < MIN_ROWS:
+        return fn(_pad_rows(x, MIN_ROWS), other)[..., :n, :]
+    if n <= TILE:
+        return fn(x, other)
+    return torch.cat([fn(tile, other) for tile in x.tensor_split(-(-n // TILE), dim=-2)], dim=-2)
+
+
+def _rowwise(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    if x.device.type != "cpu":
+        return fn(x, other)
+    if not _row_major(other):
+        return _padded_tiles(fn, x, other)
+    return _tiles(fn, x, other)
+
+
+def matmul(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ weight_t [K, N] -> [..., N]; every leading index is a row."""
+    rows = x.reshape(-1, x.shape[-1])
+    return _rowwise(torch.mm, rows, weight_t).view(*x.shape[:-1], weight_t.shape[-1])
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [n, K] @ weight[N, K].T -> [n, N]."""
-    return _tiled(F.linear, x, weight)
+    """x [..., K] @ weight[N, K].T -> [..., N]; fast on CPU when `weight` is column-major (`column_major_`)."""
+    return matmul(x, weight.t())
 
 
 def bmm(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """x [G, n, K] @ other [G, K, N] -> [G, n, N]."""
-    return _tiled(torch.bmm, x, other)
+    return _rowwise(torch.bmm, x, other)
+
+
+@torch.no_grad()
+def column_major_(weights: Iterable[torch.Tensor]) -> None:
+    """Store each [N, K] CPU weight as the transpose of a row-major [K, N] matrix (values unchanged); the
+    copy is made in the weight's own mode (an inference tensor stays one, a normal tensor stays normal)."""
+    for w in weights:
+        if w.device.type == "cpu" and w.is_contiguous() and w.shape[0] > 1:
+            with torch.inference_mode(w.is_inference()):
+                w.data = w.data.t().contiguous().t()
+
+
+def invariance_check(k: int, n: int, rows: int = TILE + 70, seed: int = 0) -> list[str]:
+    """Every row of every call `matmul` makes, for x [m, k] and a [k, n] weight with m in 1..rows, against
+    the same row alone: the list of mismatches (empty when rows never depend on each other)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(k, n, generator=gen) / k**0.5
+    x = torch.randn(rows, k, generator=gen)
+    alone = torch.cat([matmul(x[i : i + 1], w) for i in range(rows)])
+    bad = []
+    for m in range(2, rows + 1):
+        for off in {0, rows - m}:
+            if not torch.equal(matmul(x[off : off + m], w), alone[off : off + m]):
+                bad.append(f"{m} rows at offset {off}")
+    return bad

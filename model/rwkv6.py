@@ -16,7 +16,7 @@ from torch import nn
 from visualrwkv_eval.kernels import wkv6_decode, wkv6_prefill
 
 from .config import HEAD_SIZE_DIVISOR, RWKV6Config
-from .rowwise import bmm, linear
+from .rowwise import bmm, column_major_, linear, matmul
 
 
 @dataclass
@@ -114,7 +114,7 @@ class TimeMix(nn.Module):
         """Data-dependent lerp between each row and its predecessor: inputs for w, k, v, r, g."""
         T = x.shape[0]
         xxx = x + xx * self.time_maa_x.view(-1)
-        m = torch.tanh(linear(xxx, self.time_maa_w1.t())).view(T, 5, -1).transpose(0, 1)  # [5, T, D_mix]
+        m = torch.tanh(matmul(xxx, self.time_maa_w1)).view(T, 5, -1).transpose(0, 1)  # [5, T, D_mix]
         m = bmm(m, self.time_maa_w2)  # [5, T, C], in the order w, k, v, r, g
         maa = (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g)
         return tuple(x + xx * (base.view(-1) + mi) for base, mi in zip(maa, m.unbind(0)))
@@ -127,7 +127,7 @@ class TimeMix(nn.Module):
         r, k, v = linear(xr, self.receptance.weight), linear(xk, self.key.weight), linear(xv, self.value.weight)
         g = F.silu(linear(xg, self.gate.weight))
         # log-log decay, formed in the model dtype as the reference does; the kernel takes exp(-exp(w))
-        lora = linear(torch.tanh(linear(xw, self.time_decay_w1.t())), self.time_decay_w2.t())
+        lora = matmul(torch.tanh(matmul(xw, self.time_decay_w1)), self.time_decay_w2)
         w = self.time_decay.view(-1) + lora
         heads = (T, H, N)
         args = (r.view(heads), k.view(heads), v.view(heads), w.view(heads), self.time_faaaa, wkv)
@@ -191,6 +191,7 @@ class RWKV6(nn.Module):
     ) -> torch.Tensor:
         """Embeddings [T, C] -> final hidden rows [T, C], layer by layer; `orders[i]` is the row order in
         which layer i reads the sequence (the image scan), undone after the layer."""
+        self.cpu_layout_()
         for i, block in enumerate(self.blocks):
             order = None if orders is None else orders[i]
             if order is None:
@@ -200,4 +201,12 @@ class RWKV6(nn.Module):
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.cpu_layout_()
         return linear(self.ln_out(hidden), self.head.weight)
+
+    def cpu_layout_(self) -> None:
+        """On CPU, every matrix in the layout whose products are row-invariant and fast (rowwise.py); once,
+        and again after a move back from another device (the head's strides tell)."""
+        head = self.head.weight
+        if head.device.type == "cpu" and head.is_contiguous():
+            column_major_(m.weight for m in self.modules() if isinstance(m, nn.Linear))

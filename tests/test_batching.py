@@ -1,10 +1,11 @@
 """Batch size and packing never change a result: prefill, decode and generation are bitwise batch-invariant
 on CPU (fp32), each sequence with its own recurrent state."""
 
+import pytest
 import torch
 from PIL import Image
 
-from visualrwkv_eval.model import GenerationRequest, generate_batch
+from visualrwkv_eval.model import GenerationRequest, generate_batch, rowwise
 
 QUESTIONS = [
     "What color is the square?\nAnswer the question using a single word or phrase.",
@@ -69,3 +70,65 @@ def test_generation_does_not_depend_on_the_batch(tiny_model):
     assert [g.new_tokens for g in generate_batch(tiny_model, shuffled)] == [
         alone[i] for i in (7, 2, 9, 0, 4, 1, 8, 3, 6, 5)
     ]
+
+
+# The products behind the invariance (model/rowwise.py): every row against the same row alone.
+TINY_SHAPES = [(128, 128), (128, 448), (448, 128), (128, 160), (32, 128), (128, 64), (64, 128)]  # (K, N)
+REAL_SHAPES = [(768, 768), (768, 2688), (2688, 768), (2048, 2048), (2048, 7168), (7168, 2048)]
+
+
+@pytest.mark.parametrize("k,n", TINY_SHAPES)
+def test_every_row_count_gives_a_row_the_same_bits(k, n):
+    assert rowwise.invariance_check(k, n) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k,n", REAL_SHAPES)
+def test_every_row_count_gives_a_row_the_same_bits_at_real_shapes(k, n):
+    assert rowwise.invariance_check(k, n) == []
+
+
+def test_one_row_is_not_a_gemv_and_rows_are_not_padded_to_16():
+    """A decode step of B rows is one product of max(B, 2) rows: the 1-row GEMV kernel gives other bits."""
+    calls = []
+    w = torch.randn(64, 96)
+    real_mm = torch.mm
+    try:
+        torch.mm = lambda a, b: calls.append(a.shape[0]) or real_mm(a, b)
+        for rows in (1, 3, 8, 32, 129):
+            rowwise.matmul(torch.randn(rows, 64), w)
+    finally:
+        torch.mm = real_mm
+    assert calls == [2, 3, 8, 32, 65, 64]
+
+
+def test_batched_bmm_rows_match_single_rows():
+    g = torch.Generator().manual_seed(1)
+    x, other = torch.randn(5, 40, 32, generator=g), torch.randn(5, 32, 128, generator=g)
+    alone = torch.cat([rowwise.bmm(x[:, i : i + 1], other) for i in range(40)], dim=1)
+    for rows in (2, 3, 17, 40):
+        assert torch.equal(rowwise.bmm(x[:, :rows], other), alone[:, :rows])
+
+
+def test_model_weights_take_the_fast_layout_on_cpu(tiny_model):
+    tiny_model.text_logits([1, 2, 3])
+    linears = [m for m in tiny_model.rwkv.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(rowwise._row_major(m.weight.t()) for m in linears)
+
+
+def test_decode_at_batch_1_3_8_32(tiny_model):
+    ids = [tiny_model.tokenizer.encode(f"Question {i}: what is {i} + {2 * i}?") for i in range(32)]
+    seqs = [(tiny_model.rwkv.emb(torch.tensor(t)), None) for t in ids]
+    logits, state = tiny_model.prefill(seqs)
+    tokens = torch.stack([lg[-1] for lg in logits]).argmax(-1)
+    steps = {}
+    for size in (1, 3, 8, 32):
+        got = []
+        for start in range(0, 32, size):
+            rows = list(range(start, min(start + size, 32)))
+            part = state.select(rows)
+            out = [tiny_model.decode(tokens[rows], part) for _ in range(3)]
+            got.append(torch.stack(out, 1))
+        steps[size] = torch.cat(got)
+    for size in (3, 8, 32):
+        assert torch.equal(steps[size], steps[1])

@@ -81,13 +81,13 @@ def _demo(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     import torch
 
-    from visualrwkv_eval.bench import DTYPES, eval_throughput, length, roofline, scale
+    from visualrwkv_eval.bench import DTYPES, eval_throughput, length, peer, roofline, scale
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
     if getattr(args, "lengths", "") is None:
         args.lengths = "1024,2048,4096,8192,16384,24576" if device.type == "cuda" else "1024,2048,4096,8192"
-    {"length": length, "eval": eval_throughput, "roofline": roofline, "scale": scale}[args.what].run(
+    {"length": length, "eval": eval_throughput, "roofline": roofline, "scale": scale, "peer": peer}[args.what].run(
         args, device, dtype
     )
 
@@ -107,9 +107,23 @@ def _scale_parser(bench) -> None:
     b.add_argument("--batch-size", type=int, default=8)
     b.add_argument("--image-size", default="640x480", help="WxH of the JPEGs")
     b.add_argument("--max-new-tokens", type=int, default=3, help="answer cap (VQA answers: 1-3 tokens); 0: the task's")
+    b.add_argument("--threads", type=int, default=1, help="torch threads of each lmms-eval run (OMP_NUM_THREADS)")
     b.add_argument("--inline-max-rows", type=int, default=10**9, help="run image_workers=0 only up to this many rows")
     b.add_argument("--out", default="bench_results", help="folder for the JSON and PNG")
     b.add_argument("--work", default=None, help="folder for the data, model and runs (default: OUT/scale_work)")
+    b.set_defaults(device="cpu", dtype="float32")
+
+
+def _peer_parser(bench) -> None:
+    b = bench.add_parser("peer", help="CPU prefill / decode vs the official rwkv package on the same weights")
+    b.add_argument("--size", default="small,1b6", help=f"comma-separated shapes among {', '.join(SIZES)}")
+    b.add_argument("--checkpoint", default=None, help="an x060 .pth (plain RWKV-LM or VisualRWKV) instead of random")
+    b.add_argument("--prompt", type=int, default=640, help="prefill length")
+    b.add_argument("--steps", type=int, default=8, help="decode steps timed per repetition")
+    b.add_argument("--reps", type=int, default=2, help="interleaved repetitions")
+    b.add_argument("--threads", type=int, default=None, help="torch threads for both engines (default: torch's)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default="bench_results", help="folder for the JSON and PNG")
     b.set_defaults(device="cpu", dtype="float32")
 
 
@@ -152,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             b.add_argument("--prompt", type=int, default=640, help="prefill length")
             b.add_argument("--steps", type=int, default=16, help="decode steps timed")
     _scale_parser(bench)
+    _peer_parser(bench)
     p.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     args.func(args)

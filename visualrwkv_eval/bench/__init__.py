@@ -4,6 +4,7 @@
             LLaVA-1.5-shaped Transformer (Llama, SDPA, KV cache), measured in one run
 - eval:     samples/s on a GQA-like workload, this project (batch 1 and batched) vs the reference protocol
 - roofline: decode and prefill as fractions of the device's measured bandwidth and matmul bounds
+- peer:     CPU prefill and decode against the official `rwkv` package on the same checkpoint, same threads
 
 Real-shaped random weights time exactly like the released checkpoints; every result records the device,
 dtype, shapes, versions and date.
