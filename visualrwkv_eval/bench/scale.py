@@ -199,45 +199,50 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> N
     task = f"visualrwkv_scale_{args.preset}"
     tasks = work / "tasks"
     write_task(tasks, task, data)
-    env = {**offline_env(work), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**offline_env(work), "OMP_NUM_THREADS": str(args.threads)}
     points, load = [], [os.getloadavg()]
     gen = ["--gen_kwargs", f"max_new_tokens={args.max_new_tokens}"] if args.max_new_tokens else []
+    base = {
+        "benchmark": "scale", **environment(device, torch.float32), "preset": args.preset,
+        "preset_rows_distinct_images": [full, distinct], "rows_in_data": n, "image_size": list(size),
+        "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "pipeline_workers": args.workers,
+        "cpu_count": os.cpu_count(), "torch_threads_per_run": args.threads,
+        "note": "loop_s: the adapter's request loop (images, model, journal); wall_s includes lmms-eval's start-up "
+        "and scoring. Other jobs shared the CPU: see the load averages (1, 5, 15 min) taken before each run.",
+    }  # fmt: skip
     for r in rows:
         for workers in (0, args.workers) if r <= args.inline_max_rows else (args.workers,):
             run_dir = work / "runs" / f"{r}_w{workers}"
             extra = ["--limit", str(r), "--batch_size", str(args.batch_size), *gen]
             cmd = lmms_eval_command(tiny, tasks, task, run_dir, f",image_workers={workers}", *extra)
-            points.append(_point(cmd, env, work / f"log_{r}_w{workers}.txt", r, workers))
             load.append(os.getloadavg())
-    result = {
-        "benchmark": "scale", **environment(device, torch.float32), "preset": args.preset,
-        "preset_rows_distinct_images": [full, distinct], "rows_in_data": n, "image_size": list(size),
-        "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "pipeline_workers": args.workers, "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "loadavg_1_5_15_during_runs": load, "points": points,
-        "speedup_pipeline_over_inline": {str(r): _speedup(points, r, args.workers) for r in rows
-                                         if r <= args.inline_max_rows},
-        "note": "loop_s: the adapter's request loop (images, model, journal); wall_s includes lmms-eval's start-up "
-        "and scoring. Other jobs shared the CPU: see loadavg.",
-    }  # fmt: skip
-    path = save(result, out, f"scale_{args.preset}")
-    _plot(result, out / f"scale_{args.preset}.png")
+            points.append(_point(cmd, env, work / f"log_{r}_w{workers}.txt", r, workers))
+            path = _write(base, points, load, args, out)  # after every run: a late failure keeps the others
     print(f"wrote {path}")
 
 
-def _speedup(points: list[dict], rows: int, workers: int) -> float:
-    rate = {p["image_workers"]: p["samples_per_s"] for p in points if p["rows"] == rows}
-    return rate[workers] / rate[0]
+def _write(base: dict, points: list[dict], load: list, args: argparse.Namespace, out: Path) -> Path:
+    speedups = {}
+    for r in sorted({p["rows"] for p in points}):
+        rate = {p["image_workers"]: p["samples_per_s"] for p in points if p["rows"] == r}
+        if 0 in rate and args.workers in rate:
+            speedups[str(r)] = rate[args.workers] / rate[0]
+    result = {**base, "loadavg_before_runs": load, "points": points, "speedup_pipeline_over_inline": speedups}
+    path = save(result, out, f"scale_{args.preset}")
+    _plot(result, out / f"scale_{args.preset}.png")
+    return path
 
 
 def _plot(result: dict, path: Path) -> None:
     plt = figure()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for workers in sorted({p["image_workers"] for p in result["points"]}):
+    for k, workers in enumerate(sorted({p["image_workers"] for p in result["points"]})):
         pts = [p for p in result["points"] if p["image_workers"] == workers]
         label = "inline (image_workers=0)" if workers == 0 else f"pipeline (image_workers={workers})"
-        a.plot([p["rows"] for p in pts], [p["samples_per_s"] for p in pts], "o-", label=label)
-        b.plot([p["rows"] for p in pts], [p["peak_rssanon_mib"] for p in pts], "o-", label=f"RssAnon, {label}")
-        b.plot([p["rows"] for p in pts], [p["peak_vmhwm_mib"] for p in pts], "x--", label=f"VmHWM, {label}")
+        rows, colour = [p["rows"] for p in pts], f"C{k}"
+        a.plot(rows, [p["samples_per_s"] for p in pts], "o-", color=colour, label=label)
+        b.plot(rows, [p["peak_rssanon_mib"] for p in pts], "o-", color=colour, label=f"RssAnon, {label}")
+        b.plot(rows, [p["peak_vmhwm_mib"] for p in pts], "x--", color=colour, label=f"VmHWM (+ mapped files), {label}")
     a.set(xscale="log", xlabel="rows", ylabel="samples/s", title="throughput (request loop)")
     b.set(xscale="log", xlabel="rows", ylabel="MiB", title="peak memory of the lmms-eval process")
     b.set_ylim(0, None)
