@@ -32,7 +32,7 @@ from visualrwkv_eval.model import (
     loglikelihood_batch,
 )
 from visualrwkv_eval.model.visualrwkv import parse_device
-from visualrwkv_eval.pipeline import Prefetcher, Prepared, default_workers
+from visualrwkv_eval.pipeline import Prefetcher, Prepared, default_workers, rss_anon_mib
 from visualrwkv_eval.settings import generation_settings, parse_batch_size, whole_number
 from visualrwkv_eval.throughput import Throughput
 
@@ -209,7 +209,17 @@ class VisualRWKV(lmms):
         output = output_path_of(requests[0].args[2]) if requests else None
         return None if output is None else Path(output) / "visualrwkv_journal"
 
-    def _resume(self, requests: list[Instance], jobs: list[GenerationRequest], results: list) -> tuple:
+    def _job(self, request: Instance, pixels=None) -> GenerationRequest:
+        """The model's request for a generate_until Instance, made when needed (never kept for all requests)."""
+        context, gen_kwargs, _, doc_id, task, split = request.args
+        job = self._generation_request(context, gen_kwargs, None, task, split, doc_id)
+        return job if pixels is None else replace(job, pixels=pixels)
+
+    def _length_key(self, request: Instance) -> tuple[int, int]:
+        job = self._job(request)
+        return -job.max_new_tokens, -len(job.context)
+
+    def _resume(self, requests: list[Instance], results: list) -> tuple:
         """(journal or None, key per request, indices still to compute); fills `results` from the journal."""
         folder = self._journal_folder(requests)
         if folder is None:
@@ -218,8 +228,9 @@ class VisualRWKV(lmms):
         if self._model_key is None:
             self._model_key = model_key(self.model, self._pretrained, folder / "fingerprints.json")
         keys = []
-        for req, job in zip(requests, jobs):
+        for req in requests:
             context, gen_kwargs, _, doc_id, task, split = req.args
+            job = self._job(req)
             fields = {"type": "generate_until", "task": task, "split": split, "doc_id": doc_id, "context": context,
                       "gen_kwargs": gen_kwargs, "data": dataset_fingerprint(self.task_dict, task, split),
                       "request": [job.max_new_tokens, job.until, job.temperature, job.top_p, job.seed]}  # fmt: skip
@@ -239,19 +250,18 @@ class VisualRWKV(lmms):
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         self._check_setup(requests)
         # Text only here: a request becomes an image on a worker just before its batch runs
-        jobs = [self._generation_request(ctx, kw, None, task, split, doc_id) for ctx, kw, _, doc_id, task, split in
-                (r.args for r in requests)]  # fmt: skip
         results: list[GenerationResult] = [GenerationResult("", TokenCounts(0, 0)) for _ in requests]
-        journal, keys, todo = self._resume(requests, jobs, results)
+        journal, keys, todo = self._resume(requests, results)
         # Long generations first, so that an out-of-memory batch shows up at once
-        order = sorted(todo, key=lambda i: (-jobs[i].max_new_tokens, -len(jobs[i].context)))
+        order = sorted(todo, key=lambda i: self._length_key(requests[i]))
+        memory = rss_anon_mib()
         prefetch = Prefetcher(lambda i: self._prepare(*requests[i].args[2:]), self.image_workers)
         throughput, start = Throughput(self._device), time.perf_counter()
         try:
             with tqdm(total=len(requests), disable=self.rank != 0, desc="VisualRWKV") as bar:
                 bar.update(len(requests) - len(todo))
                 for batch, prepared in prefetch.run(self._batches(order)):
-                    done = self._generate(batch, prepared, requests, jobs, results, throughput)
+                    done = self._generate(batch, prepared, requests, results, throughput)
                     if journal is not None:
                         journal.append(
                             [(keys[i], entry, f"{requests[i].args[4]}/{requests[i].args[3]}") for i, entry in done]
@@ -264,11 +274,12 @@ class VisualRWKV(lmms):
         seconds = time.perf_counter() - start
         logger.info(
             f"VisualRWKV: {len(todo)} answers in {seconds:.2f} s ({len(todo) / max(seconds, 1e-9):.2f} samples/s, "
-            f"image_workers={self.image_workers}); {len(requests) - len(todo)} served by the journal"
+            f"image_workers={self.image_workers}); {len(requests) - len(todo)} served by the journal; "
+            f"RssAnon {memory} MiB before the loop, {rss_anon_mib()} MiB after"
         )
         return results
 
-    def _generate(self, batch, prepared, requests, jobs, results, throughput) -> list[tuple[int, Entry]]:
+    def _generate(self, batch, prepared, requests, results, throughput) -> list[tuple[int, Entry]]:
         """Run one batch; returns the (request index, answer) pairs that were computed."""
         ok, inputs = [], []
         for i, p in zip(batch, prepared):
@@ -276,7 +287,7 @@ class VisualRWKV(lmms):
                 self._warn_unusable(requests[i], p.error)
             else:
                 ok.append(i)
-                inputs.append(replace(jobs[i], pixels=p.pixels))
+                inputs.append(self._job(requests[i], p.pixels))
         stats = BatchStats()
         gens = self._run(lambda b: generate_batch(self.model, b, stats=stats), inputs) if inputs else []
         done = []

@@ -40,6 +40,15 @@ def default_workers(device: torch.device, processes: int = 1) -> int:
     return 1
 
 
+def rss_anon_mib() -> int | None:
+    """This process's anonymous resident memory (heap, tensors; not mapped files), Linux only."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) // 1024 for line in f if line.startswith("RssAnon:"))
+    except (OSError, StopIteration):
+        return None
+
+
 class Prefetcher(Generic[T, R]):
     """Yields (batch, [prepare(item) for item in batch]) in batch order. With `workers` > 0, while the caller
     works on one batch the next `depth` batches are being prepared; with 0, each batch is prepared when asked."""

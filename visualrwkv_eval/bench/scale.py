@@ -161,6 +161,7 @@ def run_lmms_eval(cmd: list[str], env: dict[str, str], log: Path) -> dict:
 
 
 RATE = re.compile(r"VisualRWKV: (\d+) answers in ([0-9.]+) s")
+LOOP_MEMORY = re.compile(r"RssAnon (\d+) MiB before the loop, (\d+) MiB after")
 
 
 def _loop_seconds(log: Path) -> tuple[int, float] | None:
@@ -174,6 +175,8 @@ def _point(cmd: list[str], env: dict[str, str], log: Path, rows: int, workers: i
     loop = _loop_seconds(log)
     seconds = loop[1] if loop else measured["wall_s"]
     point = {"rows": rows, "image_workers": workers, "loop_s": seconds, "samples_per_s": rows / seconds, **measured}
+    if found := LOOP_MEMORY.findall(log.read_text()):  # the adapter's own view: is the request loop flat?
+        point["rssanon_mib_before_loop"], point["rssanon_mib_after_loop"] = map(int, found[-1])
     print(json.dumps(point), flush=True)
     return point
 
