@@ -63,7 +63,14 @@ def _tiles(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor
         return fn(_pad_rows(x, MIN_ROWS), other)[..., :n, :]
     if n <= TILE:
         return fn(x, other)
-    return torch.cat([fn(tile, other) for tile in x.tensor_split(-(-n // TILE), dim=-2)], dim=-2)
+    tiles = x.tensor_split(-(-n // TILE), dim=-2)
+    if x.dim() > 2:
+        return torch.cat([fn(tile, other) for tile in tiles], dim=-2)
+    out, start = x.new_empty(n, other.shape[-1]), 0
+    for tile in tiles:  # straight into the rows of the result: no concatenation
+        fn(tile, other, out=out[start : start + tile.shape[0]])
+        start += tile.shape[0]
+    return out
 
 
 def _rowwise(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
