@@ -59,8 +59,8 @@ def check_request(req: GenerationRequest) -> None:
         raise TypeError(f"until={req.until!r}: expected a tuple of strings")
     if not _is_real(req.temperature) or not math.isfinite(req.temperature) or req.temperature < 0:
         raise ValueError(f"temperature={req.temperature!r}: expected a finite number >= 0 (0: greedy)")
-    if not _is_real(req.top_p) or not 0 < req.top_p <= 1:  # top_p 0 would leave no token to sample
-        raise ValueError(f"top_p={req.top_p!r}: expected a number in (0, 1] (1: no nucleus cut)")
+    if not _is_real(req.top_p) or not 0 <= req.top_p <= 1:
+        raise ValueError(f"top_p={req.top_p!r}: expected a number in [0, 1] (1: no nucleus cut)")
     if isinstance(req.seed, bool) or not isinstance(req.seed, numbers.Integral):
         raise TypeError(f"seed={req.seed!r}: expected an int")
     if req.image is not None and not isinstance(req.image, Image.Image):
@@ -160,6 +160,7 @@ def _next_tokens(logits: torch.Tensor, requests: list[GenerationRequest], genera
         if req.top_p < 1.0:
             sorted_p, idx = probs.sort(descending=True)
             drop = sorted_p.cumsum(0) - sorted_p >= req.top_p  # keep the smallest head reaching top_p
+            drop[0] = False  # and at least the most likely token, as HF transformers does: top_p 0 is top-1
             probs[idx[drop]] = 0.0
         out.append(int(torch.multinomial(probs, 1, generator=generators[i])))
     return out, []

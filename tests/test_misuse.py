@@ -85,7 +85,7 @@ GEN_KWARGS = [
     ({"temperature": -1, "do_sample": True}, SettingError, r"temperature=-1\.0 \(task t\): expected a number >= 0"),
     ({"temperature": float("nan")}, SettingError, r"temperature=nan \(task t\): expected a finite number"),
     ({"temperature": "hot"}, SettingError, r"temperature='hot'"),
-    ({"do_sample": True, "temperature": 1, "top_p": 0}, SettingError, r"top_p=0 \(task t\): .* in \(0, 1\]"),
+    ({"do_sample": True, "temperature": 1, "top_p": -0.5}, SettingError, r"top_p=-0\.5 \(task t\): .* in \[0, 1\]"),
     ({"top_p": 1.5}, SettingError, r"top_p=1\.5 \(task t\): expected a number in \[0, 1\]"),
     ({"until": 5}, SettingError, r"until=5 \(task t\): expected a string or a list of strings"),
     ({"until": ["\n\n", 3]}, SettingError, r"until=\['\\n\\n', 3\]"),
@@ -107,6 +107,7 @@ GOOD_GEN_KWARGS = [  # as lmms-eval's own YAMLs send them
     ({"until": ["\n\n", "X"], "max_new_tokens": 16.0}, dict(until=("\n\n", "X"), max_new_tokens=16)),
     ({"do_sample": True, "temperature": 0.7, "top_p": 0.9}, dict(temperature=0.7, top_p=0.9)),
     ({"do_sample": "true"}, dict(temperature=1.0)),  # --gen_kwargs do_sample=true
+    ({"do_sample": True, "temperature": 0.2, "top_p": 0}, dict(temperature=0.2, top_p=0.0)),  # ConBench: top-1
 ]
 
 
@@ -343,7 +344,7 @@ API_MISUSE = [
     (dict(max_new_tokens=0), ValueError, r"max_new_tokens=0: expected a whole number >= 1"),
     (dict(max_new_tokens=-1), ValueError, r"max_new_tokens=-1"),
     (dict(max_new_tokens=2.5), ValueError, r"max_new_tokens=2\.5"),
-    (dict(temperature=1.0, top_p=0), ValueError, r"top_p=0: expected a number in \(0, 1\]"),
+    (dict(temperature=1.0, top_p=-0.1), ValueError, r"top_p=-0\.1: expected a number in \[0, 1\]"),
     (dict(top_p=1.5), ValueError, r"top_p=1\.5"),
     (dict(temperature=-1), ValueError, r"temperature=-1: expected a finite number >= 0"),
     (dict(temperature=float("nan")), ValueError, r"temperature=nan"),
@@ -369,6 +370,8 @@ def test_python_api_accepts_what_it_documents(tiny_model):
     assert tiny_model.generate(QUESTION, np.asarray(im), max_new_tokens=12) == full  # a uint8 HxWx3 array
     # a str until is one stop string: split into characters it would stop at the answer's first character
     assert tiny_model.generate(QUESTION, [im], max_new_tokens=12, until=full[0] + "zzzh") == full
+    # top_p 0 keeps the most likely token only (HF's rule; it used to crash in torch.multinomial)
+    assert tiny_model.generate(QUESTION, [im], max_new_tokens=12, temperature=1.0, top_p=0, seed=3) == full
     assert api_until("zzzh") == ("zzzh",) and api_until(["a", "b"]) == ("a", "b") and api_until(None) == ()
     assert api_image([]) is None and api_image(np.zeros((4, 5), dtype=np.uint8)).size == (5, 4)
 

@@ -69,9 +69,10 @@ def _do_sample(value: Any, task: str) -> bool:
 
 
 def generation_settings(gen_kwargs: dict, default_max_new_tokens: int, task: str) -> dict:
-    """max_new_tokens, until, temperature (0: greedy) and top_p of a request, in HF's semantics: sampling
-    only with do_sample and a temperature > 0; top_p counts only when sampling (POPE sends top_p 0 with
-    greedy decoding). A missing or null value takes its default."""
+    """max_new_tokens, until, temperature (0: greedy) and top_p of a request, in HF transformers' semantics,
+    for which lmms-eval's task YAMLs are written: sampling only with do_sample and a temperature > 0; top_p
+    counts only when sampling (POPE sends top_p 0 with greedy decoding), and top_p 0 keeps the most likely
+    token (ConBench samples with it). A missing or null value takes its default."""
     if not isinstance(gen_kwargs, dict):
         raise SettingError(f"gen_kwargs={gen_kwargs!r} (task {task}): expected a dict")
     get = lambda key, default: default if gen_kwargs.get(key) is None else gen_kwargs[key]  # noqa: E731
@@ -82,9 +83,8 @@ def generation_settings(gen_kwargs: dict, default_max_new_tokens: int, task: str
         raise SettingError(f"gen_kwargs temperature={temperature!r} (task {task}): expected a number >= 0 (0: greedy)")
     top_p = _number("top_p", get("top_p", 1.0), task)
     sample = _do_sample(gen_kwargs.get("do_sample"), task) and temperature > 0
-    if not 0 <= top_p <= 1 or (sample and top_p == 0):
-        allowed = "in (0, 1] when sampling" if sample else "in [0, 1]"
-        raise SettingError(f"gen_kwargs top_p={gen_kwargs.get('top_p')!r} (task {task}): expected a number {allowed}")
+    if not 0 <= top_p <= 1:
+        raise SettingError(f"gen_kwargs top_p={gen_kwargs.get('top_p')!r} (task {task}): expected a number in [0, 1]")
     num_beams = get("num_beams", 1)
     if num_beams != 1:  # silently decoding greedily would report numbers for a setting that never ran
         raise SettingError(
