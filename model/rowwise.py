@@ -73,28 +73,39 @@ def _tiles(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor
     return out
 
 
-def _rowwise(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+def _one_by_one(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """fn row by row, each a 1-row call (the GEMV kernel)."""
+    if x.dim() > 2:
+        return torch.cat([fn(row, other) for row in x.split(1, dim=-2)], dim=-2)
+    out = x.new_empty(x.shape[0], other.shape[-1])
+    for i in range(x.shape[0]):
+        fn(x[i : i + 1], other, out=out[i : i + 1])
+    return out
+
+
+def _rowwise(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor, alone: bool) -> torch.Tensor:
     if x.device.type != "cpu":
         return fn(x, other)
     if not _row_major(other):
         return _padded_tiles(fn, x, other)
-    return _tiles(fn, x, other)
+    return _one_by_one(fn, x, other) if alone else _tiles(fn, x, other)
 
 
-def matmul(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ weight_t [K, N] -> [..., N]; every leading index is a row."""
+def matmul(x: torch.Tensor, weight_t: torch.Tensor, alone: bool = False) -> torch.Tensor:
+    """x [..., K] @ weight_t [K, N] -> [..., N]; every leading index is a row. `alone`: each row in a call
+    of its own (decode steps: the fast 1-row kernel at batch 1, the same kernel for every row at any batch)."""
     rows = x.reshape(-1, x.shape[-1])
-    return _rowwise(torch.mm, rows, weight_t).view(*x.shape[:-1], weight_t.shape[-1])
+    return _rowwise(torch.mm, rows, weight_t, alone).view(*x.shape[:-1], weight_t.shape[-1])
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, alone: bool = False) -> torch.Tensor:
     """x [..., K] @ weight[N, K].T -> [..., N]; fast on CPU when `weight` is column-major (`column_major_`)."""
-    return matmul(x, weight.t())
+    return matmul(x, weight.t(), alone)
 
 
-def bmm(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+def bmm(x: torch.Tensor, other: torch.Tensor, alone: bool = False) -> torch.Tensor:
     """x [G, n, K] @ other [G, K, N] -> [G, n, N]."""
-    return _rowwise(torch.bmm, x, other)
+    return _rowwise(torch.bmm, x, other, alone)
 
 
 @torch.no_grad()

@@ -110,24 +110,24 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(A, C, bias=False)
         self.ln_x = nn.GroupNorm(H, A, eps=1e-5 * HEAD_SIZE_DIVISOR**2)
 
-    def ddlerp(self, x: torch.Tensor, xx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def ddlerp(self, x: torch.Tensor, xx: torch.Tensor, alone: bool) -> tuple[torch.Tensor, ...]:
         """Data-dependent lerp between each row and its predecessor: inputs for w, k, v, r, g."""
         T = x.shape[0]
         xxx = x + xx * self.time_maa_x.view(-1)
-        m = torch.tanh(matmul(xxx, self.time_maa_w1)).view(T, 5, -1).transpose(0, 1)  # [5, T, D_mix]
-        m = bmm(m, self.time_maa_w2)  # [5, T, C], in the order w, k, v, r, g
+        m = torch.tanh(matmul(xxx, self.time_maa_w1, alone)).view(T, 5, -1).transpose(0, 1)  # [5, T, D_mix]
+        m = bmm(m, self.time_maa_w2, alone)  # [5, T, C], in the order w, k, v, r, g
         maa = (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g)
         return tuple(x + xx * (base.view(-1) + mi) for base, mi in zip(maa, m.unbind(0)))
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor, pack: Packing, backend: str):
         """x [T, C] (ln1 output) -> [T, C]; updates `shift` [B, C] and `wkv` [B, H, N, N] in place."""
-        T, H, N = x.shape[0], self.n_head, self.head_size
-        xw, xk, xv, xr, xg = self.ddlerp(x, token_shift(x, shift, pack) - x)
+        T, H, N, one = x.shape[0], self.n_head, self.head_size, pack.decode  # decode: 1-row products
+        xw, xk, xv, xr, xg = self.ddlerp(x, token_shift(x, shift, pack) - x, one)
         shift.copy_(pack.last_rows(x))
-        r, k, v = linear(xr, self.receptance.weight), linear(xk, self.key.weight), linear(xv, self.value.weight)
-        g = F.silu(linear(xg, self.gate.weight))
+        r, k = linear(xr, self.receptance.weight, one), linear(xk, self.key.weight, one)
+        v, g = linear(xv, self.value.weight, one), F.silu(linear(xg, self.gate.weight, one))
         # log-log decay, formed in the model dtype as the reference does; the kernel takes exp(-exp(w))
-        lora = matmul(torch.tanh(matmul(xw, self.time_decay_w1)), self.time_decay_w2)
+        lora = matmul(torch.tanh(matmul(xw, self.time_decay_w1, one)), self.time_decay_w2, one)
         w = self.time_decay.view(-1) + lora
         heads = (T, H, N)
         args = (r.view(heads), k.view(heads), v.view(heads), w.view(heads), self.time_faaaa, wkv)
@@ -135,7 +135,7 @@ class TimeMix(nn.Module):
             y = wkv6_decode(*args, backend=backend)
         else:
             y = wkv6_prefill(*args, pack.cu_seqlens, backend=backend)
-        return linear(self.ln_x(y.view(T, H * N)) * g, self.output.weight)
+        return linear(self.ln_x(y.view(T, H * N)) * g, self.output.weight, one)
 
 
 class ChannelMix(nn.Module):
@@ -150,11 +150,11 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, pack: Packing) -> torch.Tensor:
         """x [T, C] (ln2 output) -> [T, C]; updates `shift` [B, C] in place."""
-        xx = token_shift(x, shift, pack) - x
+        xx, one = token_shift(x, shift, pack) - x, pack.decode
         shift.copy_(pack.last_rows(x))
-        k = torch.relu(linear(x + xx * self.time_maa_k.view(-1), self.key.weight)) ** 2
-        r = torch.sigmoid(linear(x + xx * self.time_maa_r.view(-1), self.receptance.weight))
-        return r * linear(k, self.value.weight)
+        k = torch.relu(linear(x + xx * self.time_maa_k.view(-1), self.key.weight, one)) ** 2
+        r = torch.sigmoid(linear(x + xx * self.time_maa_r.view(-1), self.receptance.weight, one))
+        return r * linear(k, self.value.weight, one)
 
 
 class Block(nn.Module):
@@ -200,9 +200,10 @@ class RWKV6(nn.Module):
                 x = x.index_copy(0, order, block(x[order], state, i, pack, backend))
         return x
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
+        """Logits of rows of `hidden`; `decode`: rows of a decode step (1-row products, as in its layers)."""
         self.cpu_layout_()
-        return linear(self.ln_out(hidden), self.head.weight)
+        return linear(self.ln_out(hidden), self.head.weight, decode)
 
     def cpu_layout_(self) -> None:
         """On CPU, every matrix in the layout whose products are row-invariant and fast (rowwise.py); once,

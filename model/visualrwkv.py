@@ -169,7 +169,7 @@ class VisualRWKV(nn.Module):
     def decode(self, tokens: torch.Tensor, state: RecurrentState) -> torch.Tensor:
         """One recurrent step for B sequences: tokens [B] -> logits [B, vocab]; `state` is updated."""
         hidden = self.rwkv(self.rwkv.emb(tokens.to(self.device)), state, Packing.for_decode(), None, self.backend)
-        return self.rwkv.logits(hidden)
+        return self.rwkv.logits(hidden, decode=True)
 
     @torch.inference_mode()
     def text_logits(self, ids: list[int]) -> torch.Tensor:

@@ -88,8 +88,9 @@ def test_every_row_count_gives_a_row_the_same_bits_at_real_shapes(k, n):
     assert rowwise.invariance_check(k, n) == []
 
 
-def test_one_row_is_not_a_gemv_and_rows_are_not_padded_to_16():
-    """A decode step of B rows is one product of max(B, 2) rows: the 1-row GEMV kernel gives other bits."""
+def test_row_counts_of_the_blas_calls():
+    """Prefill rows go in calls of 2..TILE rows (a lone row padded to 2: the 1-row GEMV kernel gives other
+    bits), decode rows each in a 1-row call: at batch 1 that is the fast GEMV, at any batch the same kernel."""
     calls = []
     w = torch.randn(64, 96)
     real_mm = torch.mm
@@ -97,9 +98,24 @@ def test_one_row_is_not_a_gemv_and_rows_are_not_padded_to_16():
         torch.mm = lambda a, b, **kw: calls.append(a.shape[0]) or real_mm(a, b, **kw)
         for rows in (1, 3, 8, 32, 129):
             rowwise.matmul(torch.randn(rows, 64), w)
+        assert calls == [2, 3, 8, 32, 65, 64]
+        calls.clear()
+        for rows in (1, 3):
+            rowwise.matmul(torch.randn(rows, 64), w, alone=True)
+        assert calls == [1, 1, 1, 1]
     finally:
         torch.mm = real_mm
-    assert calls == [2, 3, 8, 32, 65, 64]
+
+
+def test_decode_rows_alone_equal_the_batch_1_step():
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(33, 128, generator=g), torch.randn(128, 448, generator=g)
+    alone = torch.cat([rowwise.matmul(x[i : i + 1], w, alone=True) for i in range(33)])
+    for rows in (2, 3, 8, 32, 33):
+        assert torch.equal(rowwise.matmul(x[:rows], w, alone=True), alone[:rows])
+    m, other = torch.randn(5, 9, 32, generator=g), torch.randn(5, 32, 128, generator=g)
+    single = torch.cat([rowwise.bmm(m[:, i : i + 1], other, alone=True) for i in range(9)], dim=1)
+    assert torch.equal(rowwise.bmm(m, other, alone=True), single)
 
 
 def test_batched_bmm_rows_match_single_rows():
