@@ -6,27 +6,34 @@ batch invariance on CPU therefore needs products whose per-row reduction order i
 alone. On CUDA the products are single calls (cuBLAS also picks kernels by shape: there the invariance is not
 bitwise, see the README).
 
-What the BLAS does (torch 2.14 with MKL 2024.2, AVX-512, fp32; measured by exhaustive comparison of every row
-against the same row computed in other calls, `benchmarks/rowwise_bits.py` writes the table):
+What the BLAS does (torch 2.14 with MKL 2024.2, AVX-512, fp32; every row compared bitwise with the same row
+computed in calls of other row counts and at other positions):
 - x [M, K] @ W [K, N] with W row-major (the "NN" layout): every row count M from 2 to 128, at any position of
   the row in the call, gives the same bits, at 1 and at 2 threads, for every weight shape from 32 x 768 to the
-  7B model's 14336 x 4096. M = 1 differs (MKL takes its GEMV kernel). Larger calls switch kernels again:
-  at 2 threads a 2048 x 2048 product changes from M = 257 on, 2688 x 768 from 384, 7168 x 2048 from 1024; at
-  1 thread 2048 x 2048 already differs between M = 2 and M = 256.
+  7B model's 14336 x 4096. M = 1 differs (MKL's GEMV kernel). Larger calls switch kernels again: at 2 threads
+  a 2048 x 2048 product changes from M = 257 on, 2688 x 768 from 384, 7168 x 2048 from 1024; at 1 thread
+  2048 x 2048 already differs between M = 2 and M = 256. torch.bmm behaves alike ({1}, {2..128}).
 - x @ W.T with W [N, K] row-major (F.linear's layout) has one more class: M = 2..15 differ from M >= 16.
-- Splitting the columns (N) into blocks keeps a row's bits (the K order is per output element), but costs one
-  call per block; MKL's packed GEMM (`_mkl_linear`) has more classes and a 1.3-5x larger weight copy; oneDNN's
-  fp32 linear has the same {1} / {2..640} classes as the NN layout above.
-- The thread count changes the bits for K >= 2048 (1 vs 2 threads), so invariance holds within one process
-  at a fixed torch.get_num_threads(), as batching needs.
+- Splitting the columns (N) into blocks keeps a row's bits in a GEMM, but not always in a GEMV, and costs a
+  call per block; a batched GEMV (bmm over an expanded weight) matches the plain GEMV for some shapes only;
+  MKL's packed GEMM (`_mkl_linear`) has more classes and a 1.3-5x larger weight copy; oneDNN's fp32 linear has
+  the {1} / {2..640} classes of the NN layout. oneDNN bf16 (AVX512-BF16 here) was 2.5x faster than the fp32
+  GEMV on a 1-row pass over the `small` weights (on a loaded machine), but it is not the fp32 model that the
+  fidelity tests check.
+- The thread count changes the bits for K >= 2048 (1 vs 2 threads): invariance holds at a fixed
+  torch.get_num_threads(), as within one process.
+- Speed (2 pinned cores of an idle Xeon, one pass over the 0.57 GB `small` weights): a 1-row GEMV 26 ms, a
+  2-row GEMM 44 ms (MKL packs the weight for a GEMM); 8 rows 52 ms in one GEMM, 141 ms one row at a time.
 
-Design: weights are kept in the NN layout on CPU (each [N, K] parameter stored as the transpose of a
-row-major [K, N] matrix, the layout the official `rwkv` package converts its weights to; `column_major_`),
-and every product runs in calls of 2 to TILE rows: a prompt of 640 rows is 5 calls, reading each weight 5
-times instead of 40 (16-row tiles), and a decode step of B rows is one call; a single row is padded to two.
-Weights in another layout (the image projector) keep fixed zero-padded tiles of PAD_TILE rows, which are
-exact for any BLAS that is deterministic for a fixed shape. `invariance_check` re-runs the measurement above
-on the machine at hand for a weight shape; the tests call it for every shape the model uses.
+Design: on CPU the weights are kept in the NN layout (each [N, K] parameter stored as the transpose of a
+row-major [K, N] matrix, as the official `rwkv` package converts them; `column_major_`). Prefill products run
+in calls of 2 to TILE rows (a prompt of 640 rows is 5 calls, reading each weight 5 times instead of 40 with
+16-row tiles; a lone row is padded to 2). Decode products (`alone=True`) run each row in a 1-row call: the
+fast GEMV at batch 1, and the same kernel for every row at any batch size, at the price of reading the
+weights once per row when batched (decode is a few tokens per answer in evaluation; prefill dominates).
+Weights in another layout (the image projector) keep fixed zero-padded tiles of PAD_TILE rows, exact for any
+BLAS that is deterministic for a fixed shape. `invariance_check` re-runs the row-count measurement on the
+machine at hand; the tests run it for the model's shapes.
 """
 
 from __future__ import annotations
@@ -75,6 +82,8 @@ def _tiles(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor
 
 def _one_by_one(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """fn row by row, each a 1-row call (the GEMV kernel)."""
+    if x.shape[-2] == 1:
+        return fn(x, other)
     if x.dim() > 2:
         return torch.cat([fn(row, other) for row in x.split(1, dim=-2)], dim=-2)
     out = x.new_empty(x.shape[0], other.shape[-1])
@@ -94,6 +103,8 @@ def _rowwise(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tens
 def matmul(x: torch.Tensor, weight_t: torch.Tensor, alone: bool = False) -> torch.Tensor:
     """x [..., K] @ weight_t [K, N] -> [..., N]; every leading index is a row. `alone`: each row in a call
     of its own (decode steps: the fast 1-row kernel at batch 1, the same kernel for every row at any batch)."""
+    if x.dim() == 2:
+        return _rowwise(torch.mm, x, weight_t, alone)
     rows = x.reshape(-1, x.shape[-1])
     return _rowwise(torch.mm, rows, weight_t, alone).view(*x.shape[:-1], weight_t.shape[-1])
 
