@@ -54,19 +54,19 @@ def _chunked(r, k, v, w, u, S: torch.Tensor) -> torch.Tensor:
     """One sequence in chunked matrix form: a loop over chunks of CHUNK tokens, never over tokens.
 
     Every exponent is a sum of log-decays over a stretch of time, formed as a difference of float64
-    cumulative sums, so it is exact to fp32 even for decays near 0 or 1.
+    cumulative sums and rounded to fp32 before its exp, so it is exact to fp32 even for decays near 0 or 1.
     """
     T, H, N = r.shape
     L, nc = CHUNK, -(-T // CHUNK)
-    pad = nc * L - T
 
-    def chunks(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # [T, H, N] -> [H, nc, L, N]
-        x = torch.nn.functional.pad(x.to(dtype), (0, 0, 0, 0, 0, pad))
-        return x.view(nc, L, H, N).permute(2, 0, 1, 3)
+    def chunks(x: torch.Tensor, dtype: torch.dtype, fill: float = 0.0) -> torch.Tensor:  # [T, H, N] -> [H, nc, L, N]
+        out = torch.full((H, nc * L, N), fill, dtype=dtype, device=x.device)
+        out[:, :T] = x.transpose(0, 1)  # one copy, contiguous: later reshapes stay views
+        return out.view(H, nc, L, N)
 
-    # Padding is exact: k = 0 adds nothing to the state, log-decay 0 keeps it.
+    # Padding is exact: k = 0 adds nothing to the state, log-decay 0 (w = -inf) keeps it.
     r, k, v = chunks(r, torch.float32), chunks(k, torch.float32), chunks(v, torch.float32)
-    log_decay = chunks(-torch.exp(w.double()), torch.float64)
+    log_decay = chunks(w, torch.float64, fill=float("-inf")).exp_().neg_()
     cum = log_decay.cumsum(2)  # through t, inclusive
     cum_before = cum - log_decay  # before t
 
@@ -75,9 +75,9 @@ def _chunked(r, k, v, w, u, S: torch.Tensor) -> torch.Tensor:
     y = attn @ v + (r * u.float().view(H, 1, 1, N) * k).sum(-1, keepdim=True) * v
 
     # Across chunks: read the carried state, then fold the chunk into it.
-    r_in = r * torch.exp(cum_before).float()
-    k_out = k * torch.exp(cum[:, :, -1:] - cum).float()
-    chunk_decay = torch.exp(cum[:, :, -1]).float()  # [H, nc, N]
+    r_in = r * torch.exp(cum_before.float())
+    k_out = k * torch.exp((cum[:, :, -1:] - cum).float())
+    chunk_decay = torch.exp(cum[:, :, -1].float())  # [H, nc, N]
     for c in range(nc):
         y[:, c] += r_in[:, c] @ S
         S.mul_(chunk_decay[:, c].unsqueeze(-1)).add_(k_out[:, c].transpose(-1, -2) @ v[:, c])
@@ -101,8 +101,8 @@ def _intra_chunk(r, k, cum, cum_before) -> torch.Tensor:
         halves = (H, nc, n, 2, b, N)  # [.., pair block, half, row, N]
         cb, c = cum_before.reshape(halves), cum.reshape(halves)
         m = cb[:, :, :, 1, :1]  # cb at the first row of the second half
-        q = r.reshape(halves)[:, :, :, 1] * torch.exp(cb[:, :, :, 1] - m).float()
-        kk = k.reshape(halves)[:, :, :, 0] * torch.exp(m - c[:, :, :, 0]).float()
+        q = r.reshape(halves)[:, :, :, 1] * torch.exp((cb[:, :, :, 1] - m).float())
+        kk = k.reshape(halves)[:, :, :, 0] * torch.exp((m - c[:, :, :, 0]).float())
         blocks = attn.view(H, nc, n, 2, b, n, 2, b).diagonal(dim1=2, dim2=5)[:, :, 1, :, 0]  # [H, nc, b, b, n]
         blocks.copy_((q @ kk.transpose(-1, -2)).permute(0, 1, 3, 4, 2))
         b //= 2
