@@ -99,7 +99,8 @@ def timed(fn, *args):
 
 
 def measure(engines: dict, prompt: list[int], steps: int, reps: int) -> dict:
-    """Interleaved repetitions: prefills back to back, then each decode step for every engine in turn."""
+    """Interleaved repetitions: prefills back to back, then each decode step for every engine in turn; the
+    engines take turns at going first (odd repetitions reverse the order)."""
     prefill = {name: [] for name in engines}
     decode = {name: [] for name in engines}
     diffs = {"prefill": [], "decode": [], "greedy_agree": []}
@@ -107,16 +108,17 @@ def measure(engines: dict, prompt: list[int], steps: int, reps: int) -> dict:
         for _ in range(2):
             _, state = e.prefill(prompt[:32])
             e.decode(prompt[0], state)
-    for _ in range(reps):
+    for rep in range(reps):
         logits, states = {}, {}
-        for name, e in engines.items():
+        turns = list(engines.items())[:: -1 if rep % 2 else 1]
+        for name, e in turns:
             t, (logits[name], states[name]) = timed(e.prefill, prompt)
             prefill[name].append(t)
         record(diffs, "prefill", logits)
         spent = dict.fromkeys(engines, 0.0)
         for _ in range(steps):
             token = int(logits["ours"].argmax())
-            for name, e in engines.items():
+            for name, e in turns:
                 t, (logits[name], states[name]) = timed(e.decode, token, states[name])
                 spent[name] += t
             record(diffs, "decode", logits)
