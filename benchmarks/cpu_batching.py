@@ -12,13 +12,12 @@ import datetime
 import json
 import platform
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from visualrwkv_eval.cli import offline_env, results_file
+from visualrwkv_eval.cli import lmms_eval_command, offline_env, results_file
 from visualrwkv_eval.model.tiny import make_tiny
 from visualrwkv_eval.tasks import MINI_GROUP, prepare_mini
 
@@ -26,12 +25,10 @@ from visualrwkv_eval.tasks import MINI_GROUP, prepare_mini
 def run(work: Path, batch_size: int) -> tuple[dict, dict]:
     tiny = work / "tiny"
     out = work / f"results_b{batch_size}"
-    cmd = [
-        sys.executable, "-m", "lmms_eval", "--model", "visualrwkv",
-        "--model_args", f"pretrained={tiny / 'model.pth'},vision_tower={tiny / 'vision_tower'},dtype=float32",
-        "--tasks", MINI_GROUP, "--include_path", str(work / "tasks"), "--batch_size", str(batch_size),
-        "--log_samples", "--output_path", str(out), "--process_docs_parallel", "1",
-    ]  # fmt: skip
+    cmd = lmms_eval_command(
+        tiny / "model.pth", tiny / "vision_tower", MINI_GROUP, out, "--batch_size", str(batch_size),
+        "--log_samples", include_path=work / "tasks", model_args=",dtype=float32",
+    )  # fmt: skip
     subprocess.run(cmd, check=True, env=offline_env(work), capture_output=True)
     path = results_file(out)
     answers = {}

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from visualrwkv_eval.cli import offline_env, results_file
+from visualrwkv_eval.cli import lmms_eval_command, offline_env, results_file
 
 METRICS = {
     "vqav2_val": ["exact_match,none"],
@@ -45,10 +45,9 @@ def rows(demo_dir, name):
 
 def run_cli(demo_dir, out, tasks, *extra, batch_size=8, launcher=(sys.executable,)):
     tiny = demo_dir / "tiny"
-    cmd = [*launcher, "-m", "lmms_eval", "--model", "visualrwkv",
-           "--model_args", f"pretrained={tiny / 'model.pth'},vision_tower={tiny / 'vision_tower'},dtype=float32",
-           "--tasks", tasks, "--batch_size", str(batch_size), "--log_samples", "--output_path", str(out),
-           "--process_docs_parallel", "1", "--verbosity", "DEBUG", *extra]  # fmt: skip
+    cmd = lmms_eval_command(tiny / "model.pth", tiny / "vision_tower", tasks, out, "--batch_size", str(batch_size),
+                            "--log_samples", "--verbosity", "DEBUG", *extra, model_args=",dtype=float32",
+                            launcher=launcher)  # fmt: skip
     proc = subprocess.run(cmd, env=offline_env(demo_dir), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     path = results_file(out)

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -410,15 +409,12 @@ def test_nonfinite_logits_in_the_python_api(tiny_model):
 
 # ---- 8. through the real CLI: the error is in the log's last lines and no results are written ---------------
 def run_cli(demo_dir, tmp_path, pretrained, *extra, debug=True):
-    from visualrwkv_eval.cli import offline_env
+    from visualrwkv_eval.cli import lmms_eval_command, offline_env
 
-    tiny = demo_dir / "tiny"
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "visualrwkv",
-           "--model_args", f"pretrained={pretrained},vision_tower={tiny / 'vision_tower'}",
-           "--tasks", "visualrwkv_mini_pope", "--include_path", str(demo_dir / "tasks"), "--limit", "2",
-           "--log_samples", "--output_path", str(out), "--process_docs_parallel", "1",
-           *(["--verbosity", "DEBUG"] if debug else []), *extra]  # fmt: skip
+    cmd = lmms_eval_command(pretrained, demo_dir / "tiny" / "vision_tower", "visualrwkv_mini_pope", out,
+                            "--limit", "2", "--log_samples", *(["--verbosity", "DEBUG"] if debug else []), *extra,
+                            include_path=demo_dir / "tasks")  # fmt: skip
     # one stream, as a terminal or a log file shows it
     proc = subprocess.run(cmd, env=offline_env(demo_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=600)  # fmt: skip

@@ -43,6 +43,25 @@ def offline_env(out: Path) -> dict[str, str]:
     }
 
 
+def lmms_eval_command(
+    pretrained: Path,
+    vision_tower: Path,
+    tasks: str,
+    output_path: Path,
+    *extra: str,
+    include_path: Path | None = None,
+    model_args: str = "",
+    launcher: tuple[str, ...] = (sys.executable,),
+) -> list[str]:
+    """The lmms-eval command line for model `visualrwkv` (the demo, the benchmarks and the tests share it).
+    `model_args` is appended to pretrained and vision_tower (",dtype=float32,..."); `launcher` may be torchrun."""
+    include = ["--include_path", str(include_path)] if include_path is not None else []
+    return [*launcher, "-m", "lmms_eval", "--model", "visualrwkv",
+            "--model_args", f"pretrained={pretrained},vision_tower={vision_tower}{model_args}",
+            "--tasks", tasks, *include, "--output_path", str(output_path), "--process_docs_parallel", "1",
+            *extra]  # fmt: skip
+
+
 def results_file(output_path: Path) -> Path:
     """The newest lmms-eval results JSON under an --output_path."""
     found = sorted(output_path.glob("*/[0-9]*_results.json"), key=lambda p: p.stat().st_mtime)
@@ -61,12 +80,10 @@ def _demo(args: argparse.Namespace) -> None:
         make_tiny(tiny, seed=0)
     tasks = prepare_mini(out, seed=0)
     results = out / "results"
-    cmd = [
-        sys.executable, "-m", "lmms_eval", "--model", "visualrwkv",
-        "--model_args", f"pretrained={tiny / 'model.pth'},vision_tower={tiny / 'vision_tower'},dtype=float32",
-        "--tasks", MINI_GROUP, "--include_path", str(tasks), "--batch_size", str(args.batch_size),
-        "--log_samples", "--output_path", str(results), "--process_docs_parallel", "1",
-    ]  # fmt: skip
+    cmd = lmms_eval_command(
+        tiny / "model.pth", tiny / "vision_tower", MINI_GROUP, results, "--batch_size", str(args.batch_size),
+        "--log_samples", include_path=tasks, model_args=",dtype=float32",
+    )  # fmt: skip
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=offline_env(out))
     # lmms-eval exits 0 even when the evaluation failed: check what it wrote

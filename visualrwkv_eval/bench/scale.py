@@ -18,7 +18,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -141,10 +140,11 @@ class MemoryWatch:
 
 
 def lmms_eval_command(tiny: Path, tasks: Path, task: str, out: Path, model_args: str = "", *extra: str) -> list[str]:
-    args = f"pretrained={tiny / 'model.pth'},vision_tower={tiny / 'vision_tower'},dtype=float32"
-    return [sys.executable, "-m", "lmms_eval", "--model", "visualrwkv", "--model_args", f"{args}{model_args}",
-            "--tasks", task, "--include_path", str(tasks), "--output_path", str(out),
-            "--process_docs_parallel", "1", "--verbosity", "DEBUG", *extra]  # fmt: skip
+    """The CLI on the tiny model in `tiny` (make-tiny's layout), in fp32, with its errors shown (DEBUG)."""
+    from visualrwkv_eval.cli import lmms_eval_command as command
+
+    return command(tiny / "model.pth", tiny / "vision_tower", task, out, "--verbosity", "DEBUG", *extra,
+                   include_path=tasks, model_args=f",dtype=float32{model_args}")  # fmt: skip
 
 
 def run_lmms_eval(cmd: list[str], env: dict[str, str], log: Path) -> dict:
