@@ -1,10 +1,11 @@
-"""lmms-eval task definitions: the offline mini benchmarks (group `visualrwkv_mini`) and the paper's protocol
-(group `visualrwkv_paper`).
+"""lmms-eval task definitions: the offline mini benchmarks (group `visualrwkv_mini`), the VisualRWKV-6 paper's
+protocol (group `visualrwkv_paper`) and VisualRWKV-7's published protocol (group `visualrwkv7_paper`).
 
 The YAMLs in mini/ and paper/ are templates: each includes the installed lmms-eval's own YAML for its
 benchmark (prompts, process_results, metrics, aggregation) and overrides only what differs. lmms-eval can
-include a file only by an absolute path, so `render_tasks` writes them out with two paths filled in:
-$LMMS_EVAL_TASKS (the installed lmms_eval/tasks folder) and $DATA (the mini benchmarks' parquet folder).
+include a file only by an absolute path, so `render_tasks` writes them out with three paths filled in:
+$LMMS_EVAL_TASKS (the installed lmms_eval/tasks folder), $DATA (the mini benchmarks' parquet folder) and $PAPER
+(the rendered paper/ folder, which the VisualRWKV-7 tasks build on).
 Pass the folder it returns to lmms-eval as `--include_path`.
 """
 
@@ -16,6 +17,8 @@ from string import Template
 
 MINI_GROUP = "visualrwkv_mini"
 PAPER_GROUP = "visualrwkv_paper"
+PAPER7_GROUP = "visualrwkv7_paper"
+FLAVOURS = ("mini", "paper", "paper7")
 
 
 def lmms_eval_tasks_dir() -> Path:
@@ -27,8 +30,12 @@ def lmms_eval_tasks_dir() -> Path:
 def render_tasks(out: str | Path, data_dir: str | Path) -> Path:
     """Write the mini and paper task YAMLs with absolute paths under `out`; returns `out`."""
     out = Path(out).resolve()
-    values = {"LMMS_EVAL_TASKS": str(lmms_eval_tasks_dir()), "DATA": str(Path(data_dir).resolve())}
-    for flavour in ("mini", "paper"):
+    values = {
+        "LMMS_EVAL_TASKS": str(lmms_eval_tasks_dir()),
+        "DATA": str(Path(data_dir).resolve()),
+        "PAPER": str(out / "paper"),
+    }
+    for flavour in FLAVOURS:
         (out / flavour).mkdir(parents=True, exist_ok=True)
         for template in resources.files(__package__).joinpath(flavour).iterdir():
             if template.name.endswith(".yaml"):

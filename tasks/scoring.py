@@ -50,6 +50,12 @@ def sqa_reference_process_results(doc: dict, results: list[str]) -> dict:
     return {"exact_match": float(letter is not None and "ABCDE".index(letter) == doc["answer"])}
 
 
+def gqa_v7_reference_process_results(doc: dict, results: list[str]) -> dict:
+    """GQA as VisualRWKV-7 scores it (howard-hou/VisualRWKV, VisualRWKV-v7/v7.00/eval/convert_gqa_for_eval.py
+    then eval/eval_gqa.py): the answer with trailing dots removed and lower-cased must equal the gold answer."""
+    return {"exact_match": float(results[0].rstrip(".").lower() == doc["answer"])}
+
+
 def _mmbench_static(results: list[dict], args, name: str) -> float:
     """lmms-eval's MMBench CircularEval with its static (regex) answer extraction instead of GPT matching."""
     from lmms_eval.tasks._task_utils.file_utils import generate_submission_file
