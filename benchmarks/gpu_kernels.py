@@ -19,7 +19,7 @@ import cupy
 import torch
 
 from visualrwkv_eval.kernels import wkv6_decode, wkv6_prefill
-from visualrwkv_eval.kernels.wkv6_cupy import SPLITS, default_split, wkv6_decode_cupy, wkv6_prefill_cupy
+from visualrwkv_eval.kernels.wkv6.cupy import SPLITS, default_split, wkv6_decode_cupy, wkv6_prefill_cupy
 
 DEVICE = "cuda"
 H, N = 32, 64

@@ -1,21 +1,33 @@
-"""WKV6 kernels behind one dispatcher: `wkv6_prefill` / `wkv6_decode` take the same arguments as the
-PyTorch reference (wkv6_torch.py) and return the same results; `backend` picks the implementation:
-"torch" (any device) or "cupy" (the CUDA kernels of wkv6.cu, launched by wkv6_cupy.py).
+"""WKV kernels by operation, behind one registry: `get(op, backend)` returns the (prefill, decode) pair of an
+operation ("wkv6"; a new one adds its row to OPS and PROBES) for a backend: "torch" (the PyTorch reference, any
+device) or "cupy" (a CUDA kernel compiled at run time by NVRTC and launched through CuPy). Every implementation of an
+operation takes the same arguments and returns the same results as its reference.
 
-`resolve_backend` decides once per (kernel, device, dtype): before CuPy is trusted on a device, a probe compiles
-the kernel and compares one small launch with the reference, so that a broken NVRTC, driver or GPU shows at
-load time, not mid-evaluation."""
+`resolve_backend` decides once per (kernel, device, dtype, op): before CuPy is trusted on a device, the operation's
+probe compiles its kernel and compares one small launch with the reference, so that a broken NVRTC, driver or GPU
+shows at load time, not mid-evaluation."""
 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import warnings
 from collections.abc import Callable
 
 import torch
 
-from .wkv6_torch import wkv6_decode_torch, wkv6_prefill_torch
+from .wkv6.reference import wkv6_decode_torch, wkv6_prefill_torch
+
+# op -> backend -> (module under kernels/, prefill function, decode function); imported on first use
+OPS: dict[str, dict[str, tuple[str, str, str]]] = {
+    "wkv6": {
+        "torch": ("wkv6.reference", "wkv6_prefill_torch", "wkv6_decode_torch"),
+        "cupy": ("wkv6.cupy", "wkv6_prefill_cupy", "wkv6_decode_cupy"),
+    },
+}
+# op -> module whose `probe(device_index, dtype) -> str | None` checks the CuPy kernel on a device
+PROBES: dict[str, str] = {"wkv6": "wkv6.cupy"}
 
 KERNELS = ("auto", "cupy", "torch")
 BACKENDS = ("cupy", "torch")
@@ -34,46 +46,20 @@ def cupy_import_error() -> str | None:
 
 
 @functools.cache
-def probe_cupy(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why the CuPy kernel cannot serve `dtype` on `device`, or None: compiles every entry point, runs one small
-    packed prefill and compares it with the reference on the CPU. Once per process, device and dtype."""
+def probe_cupy(device: torch.device, dtype: torch.dtype, op: str = "wkv6") -> str | None:
+    """Why the CuPy kernel of `op` cannot serve `dtype` on `device`, or None (the op's probe: every entry point
+    compiled, one small launch compared with the reference). Once per process, device, dtype and op."""
     if (error := cupy_import_error()) is not None:
         return f"CuPy does not import ({error}): {CUPY_INSTALL}"
     try:
-        from . import wkv6_cupy
-
         index = device.index if device.index is not None else torch.cuda.current_device()
-        for split in wkv6_cupy.SPLITS:
-            wkv6_cupy._kernel(index, dtype, split)
-        return _probe_launch(torch.device("cuda", index), dtype)
+        return importlib.import_module(f"{__name__}.{PROBES[op]}").probe(index, dtype)
     except Exception as e:  # NVRTC, driver, out of memory...: any of them makes the kernel unusable here
         return f"{type(e).__name__}: {e}"
 
 
-def _probe_launch(device: torch.device, dtype: torch.dtype) -> str | None:
-    from .wkv6_cupy import wkv6_prefill_cupy
-
-    g = torch.Generator().manual_seed(0)
-    r, k, v = (torch.randn(9, 2, 64, generator=g) for _ in range(3))
-    w = torch.rand(9, 2, 64, generator=g) * 7.5 - 6
-    u = torch.randn(2, 64, generator=g)
-    state = torch.randn(2, 2, 64, 64, generator=g)
-    cu = torch.tensor([0, 4, 9])
-    cpu = [t.to(dtype) for t in (r, k, v, w, u)]
-    y_ref = wkv6_prefill_torch(*cpu, state_ref := state.clone(), cu).float()
-    gpu = [t.to(device) for t in cpu]
-    y = wkv6_prefill_cupy(*gpu, state_gpu := state.to(device), cu).float().cpu()
-    torch.cuda.synchronize(device)
-    err = max(((y - y_ref).abs().max() / y_ref.abs().max()).item(),
-              ((state_gpu.cpu() - state_ref).abs().max() / state_ref.abs().max()).item())  # fmt: skip
-    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    if not err <= tolerance:  # NaN fails too
-        return f"the probe launch differs from the PyTorch reference (max relative error {err:.3g} > {tolerance})"
-    return None
-
-
 @functools.cache
-def _resolve(kernel: str, device: torch.device, dtype: torch.dtype | None) -> str:
+def _resolve(kernel: str, device: torch.device, dtype: torch.dtype | None, op: str) -> str:
     if kernel == "torch":
         return "torch"
     if device.type != "cuda":
@@ -86,9 +72,9 @@ def _resolve(kernel: str, device: torch.device, dtype: torch.dtype | None) -> st
     if import_error is not None:
         reason = f"CuPy does not import ({import_error}): {CUPY_INSTALL}"
     else:
-        reason = None if dtype is None else probe_cupy(device, dtype)
+        reason = None if dtype is None else probe_cupy(device, dtype, op)
     if reason is None:
-        log.info("WKV backend: cupy on %s (%s)", device, "not probed" if dtype is None else dtype)
+        log.info("WKV backend: cupy on %s (%s, %s)", device, "not probed" if dtype is None else dtype, op)
         return "cupy"
     if kernel == "cupy":
         raise RuntimeError(f"kernel='cupy': the CUDA WKV kernel does not work on {device} ({dtype}): {reason}")
@@ -98,29 +84,36 @@ def _resolve(kernel: str, device: torch.device, dtype: torch.dtype | None) -> st
     return "torch"
 
 
-def resolve_backend(kernel: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+def resolve_backend(kernel: str, device: torch.device | str, dtype: torch.dtype | None = None, op: str = "wkv6") -> str:
     """'torch' or 'cupy' for a `kernel` model_arg on a device: 'auto' takes CuPy where it works.
 
     With a dtype, CuPy is probed first (`probe_cupy`): 'auto' warns and falls back to torch with the reason,
-    'cupy' raises it. Without one, only the import is checked. Decided once per (kernel, device, dtype); the
+    'cupy' raises it. Without one, only the import is checked. Decided once per (kernel, device, dtype, op); the
     backend in use is logged at that moment."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r}: expected one of {', '.join(KERNELS)}")
+    if op not in OPS:
+        raise ValueError(f"op={op!r}: expected one of {', '.join(OPS)}")
     device = torch.device(device)
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
-    return _resolve(kernel, device, dtype)
+    return _resolve(kernel, device, dtype, op)
 
 
-def _implementation(backend: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
-    """(prefill, decode) of a backend; CuPy is an optional extra, imported only when asked for."""
-    if backend == "torch":
-        return wkv6_prefill_torch, wkv6_decode_torch
-    if backend == "cupy":
-        from .wkv6_cupy import wkv6_decode_cupy, wkv6_prefill_cupy
+Prefill = Callable[..., torch.Tensor]
+Decode = Callable[..., torch.Tensor]
 
-        return wkv6_prefill_cupy, wkv6_decode_cupy
-    raise ValueError(f"backend={backend!r}: expected one of {', '.join(BACKENDS)} (see resolve_backend)")
+
+def get(op: str, backend: str) -> tuple[Prefill, Decode]:
+    """(prefill, decode) of `op` on `backend`; CuPy is an optional extra, imported only when asked for. Looked
+    up at each call (a model looks up once, when its device or dtype changes)."""
+    if op not in OPS:
+        raise ValueError(f"op={op!r}: expected one of {', '.join(OPS)}")
+    if backend not in OPS[op]:
+        raise ValueError(f"backend={backend!r}: expected one of {', '.join(OPS[op])} (see resolve_backend)")
+    module, prefill, decode = OPS[op][backend]
+    found = importlib.import_module(f"{__name__}.{module}")
+    return getattr(found, prefill), getattr(found, decode)
 
 
 def wkv6_prefill(
@@ -134,7 +127,7 @@ def wkv6_prefill(
     *,
     backend: str = "torch",
 ) -> torch.Tensor:
-    return _implementation(backend)[0](r, k, v, w, u, state, cu_seqlens)
+    return get("wkv6", backend)[0](r, k, v, w, u, state, cu_seqlens)
 
 
 def wkv6_decode(
@@ -147,13 +140,15 @@ def wkv6_decode(
     *,
     backend: str = "torch",
 ) -> torch.Tensor:
-    return _implementation(backend)[1](r, k, v, w, u, state)
+    return get("wkv6", backend)[1](r, k, v, w, u, state)
 
 
 __all__ = [
     "BACKENDS",
     "KERNELS",
+    "OPS",
     "cupy_import_error",
+    "get",
     "probe_cupy",
     "resolve_backend",
     "wkv6_decode",

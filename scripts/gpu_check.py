@@ -132,7 +132,7 @@ def probe() -> dict:
 
 def kernel_attributes() -> dict:
     """Registers, local (spill) memory and static shared memory of every entry point as loaded on this device."""
-    from visualrwkv_eval.kernels import wkv6_cupy
+    from visualrwkv_eval.kernels.wkv6 import cupy as wkv6_cupy
 
     out = {}
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -163,7 +163,7 @@ def gpu_tests(budget_s: float, out: Path) -> dict:
 def graph_capture() -> dict:
     """The decode kernel and the tiny model's whole decode step, replayed from CUDA graphs, against eager."""
     from visualrwkv_eval.kernels.cuda_graph import GraphedStep
-    from visualrwkv_eval.kernels.wkv6_cupy import wkv6_decode_cupy
+    from visualrwkv_eval.kernels.wkv6.cupy import wkv6_decode_cupy
 
     steps = [inputs(16, 32, torch.bfloat16, B=16, seed=s) for s in range(4)]
     u, initial = steps[0][4], steps[0][5]
@@ -380,7 +380,7 @@ def sanitizers(budget_s: float, out: Path) -> dict:
 
 def sanitizer_target() -> None:
     """Small launches of every entry point and dtype: packed prefill (lengths 0, 9, 17) and a decode step."""
-    from visualrwkv_eval.kernels.wkv6_cupy import SPLITS, wkv6_decode_cupy, wkv6_prefill_cupy
+    from visualrwkv_eval.kernels.wkv6.cupy import SPLITS, wkv6_decode_cupy, wkv6_prefill_cupy
 
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         r, k, v, w, u, state = inputs(26, 2, dtype, B=3)

@@ -13,9 +13,10 @@ import torch
 from cupy.cuda import nvrtc
 
 import visualrwkv_eval.kernels as kernels
-from visualrwkv_eval.kernels import resolve_backend, wkv6_cupy, wkv6_decode, wkv6_prefill, wkv6_prefill_torch
-from visualrwkv_eval.kernels.checks import check_wkv6_args
-from visualrwkv_eval.kernels.wkv6_cupy import (
+from visualrwkv_eval.kernels import resolve_backend, wkv6_decode, wkv6_prefill, wkv6_prefill_torch
+from visualrwkv_eval.kernels.wkv6 import cupy as wkv6_cupy
+from visualrwkv_eval.kernels.wkv6.checks import check_wkv6_args
+from visualrwkv_eval.kernels.wkv6.cupy import (
     SPLITS,
     compile_options,
     kernel_source,

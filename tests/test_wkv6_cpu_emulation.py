@@ -1,8 +1,8 @@
-"""The CUDA kernel itself (kernels/wkv6.cu, unchanged) executed on the CPU, against a float64 recurrence.
+"""The CUDA kernel itself (kernels/wkv6/wkv6.cu, unchanged) executed on the CPU, against a float64 recurrence.
 
 tests/wkv6_emulator.py compiles the kernel with g++ against a small CUDA shim (one std::thread per CUDA thread,
 barriers for __syncthreads and warp shuffles) and runs launches planned by the real launcher
-(wkv6_cupy.plan) on buffers fenced by guard pages, counting how many blocks write each element of y.
+(kernels/wkv6/cupy.py, plan) on buffers fenced by guard pages, counting how many blocks write each element of y.
 Skipped, with the reason, where no g++ >= 11 is installed. A slow test repeats a launch under ThreadSanitizer.
 """
 
@@ -17,8 +17,8 @@ import torch
 import wkv6_emulator as emul
 from test_wkv_reference import naive_wkv6
 
-from visualrwkv_eval.kernels import wkv6_cupy as launcher
 from visualrwkv_eval.kernels import wkv6_decode, wkv6_prefill, wkv6_prefill_torch
+from visualrwkv_eval.kernels.wkv6 import cupy as launcher
 
 GXX, WHY_NOT = emul.gxx()
 pytestmark = pytest.mark.skipif(GXX is None, reason=WHY_NOT)

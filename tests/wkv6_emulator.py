@@ -1,6 +1,6 @@
-"""Runs the unchanged kernels/wkv6.cu on the CPU: g++ compiles it against tests/cuda_emul/cuda_shim.h (one
+"""Runs the unchanged kernels/wkv6/wkv6.cu on the CPU: g++ compiles it against tests/cuda_emul/cuda_shim.h (one
 std::thread per CUDA thread), and `Emulator.run` executes a launch planned by the real launcher
-(visualrwkv_eval.kernels.wkv6_cupy.plan) on buffers fenced by inaccessible guard pages, in a forked child, so
+(visualrwkv_eval.kernels.wkv6.cupy.plan) on buffers fenced by inaccessible guard pages, in a forked child, so
 that an out-of-bounds access fails the test instead of corrupting memory or killing pytest. y is refilled with a
 sentinel before each block, which counts the blocks that write each element; two threads of one block writing
 the same element would be a data race, which the ThreadSanitizer build reports.
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from visualrwkv_eval.kernels.wkv6_cupy import _DTYPE_NAMES, THREADS, Launch, kernel_source
+from visualrwkv_eval.kernels.wkv6.cupy import _DTYPE_NAMES, THREADS, Launch, kernel_source
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNEL = ROOT / "kernels" / "wkv6.cu"
+KERNEL = ROOT / "kernels" / "wkv6" / "wkv6.cu"
 SHIM_DIR = Path(__file__).resolve().parent / "cuda_emul"
 MIN_GXX = 11  # std::barrier and std::bit_cast
 

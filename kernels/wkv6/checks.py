@@ -1,6 +1,6 @@
 """Argument checks shared by every WKV6 implementation, so that all of them accept and reject the same inputs.
 
-The contract (wkv6_torch.py and wkv6_cupy.py alike):
+The contract (reference.py and cupy.py alike):
 - r, k, v, w: [T, H, N] (prefill) or [B, H, N] (decode); u: [H, N]; all five share one float dtype
   (float32, bfloat16 or float16) and any strides;
 - state: [B, H, N, N] float32, any strides, updated in place;

@@ -1,5 +1,5 @@
 """WKV6 CUDA kernels (wkv6.cu) launched through CuPy, with the same signatures and the same argument contract as
-the PyTorch reference (checks.py), plus N = 64.
+the PyTorch reference (reference.py, checks.py), plus N = 64.
 
 The source is compiled at run time by NVRTC (cupy.RawModule), once per storage dtype and device; there is no
 build step at install time. Tensors stay torch tensors: the kernels take raw pointers, torch allocates the
@@ -22,6 +22,7 @@ import cupy
 import torch
 
 from .checks import check_wkv6_args
+from .reference import wkv6_prefill_torch
 
 HEAD_SIZE = 64
 THREADS = HEAD_SIZE  # per block, whatever the split
@@ -209,3 +210,27 @@ def wkv6_decode_cupy(
     """As wkv6_decode_torch: B sequences of one step, the same kernel as prefill. No host-device copy and no
     synchronisation: capturable in a CUDA graph (after one eager call has compiled the kernel)."""
     return _wkv6(r, k, v, w, u, state, None, decode=True, split=split)
+
+
+def probe(device: int, dtype: torch.dtype) -> str | None:
+    """Why the kernel cannot serve `dtype` on CUDA device `device`, or None: compiles every entry point, runs one
+    small packed prefill and compares it with the reference on the CPU (kernels.probe_cupy calls this)."""
+    for split in SPLITS:
+        _kernel(device, dtype, split)
+    gpu = torch.device("cuda", device)
+    g = torch.Generator().manual_seed(0)
+    r, k, v = (torch.randn(9, 2, 64, generator=g) for _ in range(3))
+    w = torch.rand(9, 2, 64, generator=g) * 7.5 - 6
+    u = torch.randn(2, 64, generator=g)
+    state = torch.randn(2, 2, 64, 64, generator=g)
+    cu = torch.tensor([0, 4, 9])
+    cpu = [t.to(dtype) for t in (r, k, v, w, u)]
+    y_ref = wkv6_prefill_torch(*cpu, state_ref := state.clone(), cu).float()
+    y = wkv6_prefill_cupy(*[t.to(gpu) for t in cpu], state_gpu := state.to(gpu), cu).float().cpu()
+    torch.cuda.synchronize(gpu)
+    err = max(((y - y_ref).abs().max() / y_ref.abs().max()).item(),
+              ((state_gpu.cpu() - state_ref).abs().max() / state_ref.abs().max()).item())  # fmt: skip
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    if not err <= tolerance:  # NaN fails too
+        return f"the probe launch differs from the PyTorch reference (max relative error {err:.3g} > {tolerance})"
+    return None
