@@ -25,6 +25,9 @@ OPS: dict[str, dict[str, tuple[str, str, str]]] = {
         "torch": ("wkv6.reference", "wkv6_prefill_torch", "wkv6_decode_torch"),
         "cupy": ("wkv6.cupy", "wkv6_prefill_cupy", "wkv6_decode_cupy"),
     },
+    "wkv7": {
+        "torch": ("wkv7.reference", "wkv7_prefill_torch", "wkv7_decode_torch"),
+    },
 }
 # op -> module whose `probe(device_index, dtype) -> str | None` checks the CuPy kernel on a device
 PROBES: dict[str, str] = {"wkv6": "wkv6.cupy"}
