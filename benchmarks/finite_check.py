@@ -6,6 +6,11 @@
 For each dtype, three times: load_model with and without the check, the check alone over the tensors it reads
 (the file's for a widening load, the model's otherwise), and torch.isfinite(t).all() over the same tensors.
 Each figure is (wall s, CPU s); the machine's other load is recorded, since it widens the spread.
+
+Not a `visualrwkv-eval bench` module, unlike the other performance code: it is the one-off measurement behind a
+design decision (is the load-time check cheap enough to stay on), and it gets there by patching the model's
+loader (`check_weights`), which no command a user runs should do. Its timer takes CPU seconds beside wall
+seconds, a question visualrwkv_eval.measure's timer does not ask.
 """
 
 from __future__ import annotations

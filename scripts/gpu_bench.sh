@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU performance run, the second device call after scripts/gpu_check.sh: the kernel benchmark, then
-# `visualrwkv-eval bench` roofline (7B shape), length (7B and 1B6 vs their Transformer baselines, up to 24K
+# GPU performance run, the second device call after scripts/gpu_check.sh: `visualrwkv-eval bench` kernels, then
+# roofline (7B shape), length (7B and 1B6 vs their Transformer baselines, up to 24K
 # tokens) and eval (1B6 shape). Each step gets the time left before a hard deadline (default 300 s, set-up
 # included) and writes its JSON as it goes; at the end the plots are packed into plots.tar so that $OUT holds at
 # most 8 files (what a device call brings back).
@@ -29,7 +29,7 @@ step() {  # step NEEDS_S COMMAND...: run with the time left, or record that it d
     timeout -k 5 "$left" "$@" || { echo "gpu_bench: exit $? from: $*"; status=1; }
 }
 bench() { step "$1" "$PYTHON" -m visualrwkv_eval.cli bench "${@:2}" --out "$OUT"; }
-step 40 "$PYTHON" benchmarks/gpu_kernels.py --out "$OUT/kernels.json"
+bench 40 kernels
 bench 40 roofline --size 7b --prompt 640 --steps 32
 bench 60 eval --size 1b6 --samples 64 --batch-sizes 16,64
 bench 60 length --size 1b6 --steps 16

@@ -4,6 +4,7 @@ are measured, so they are not asserted here; see the README for the figures of r
 import json
 
 import pytest
+import torch
 
 from visualrwkv_eval.cli import main
 
@@ -33,3 +34,21 @@ def test_bench_writes_json_and_plot(tmp_path, args, name, fields):
         assert result["visualrwkv"]["points"][0]["state_mib"] == result["visualrwkv"]["points"][1]["state_mib"]
     if name == "eval_tiny":
         assert result["answers_match_reference"] is True  # stateful decode gives the reference protocol's tokens
+
+
+def test_every_benchmark_is_a_command(capsys):
+    """Each row of the one table is a `bench` command whose module supplies its options."""
+    from visualrwkv_eval.bench import BENCHMARKS
+    from visualrwkv_eval.cli import build_parser
+
+    parser = build_parser()
+    for name in BENCHMARKS:
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args(["bench", name, "--help"])
+        assert done.value.code == 0 and "--out" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: bench kernels runs for real")
+def test_kernel_benchmark_says_it_needs_a_gpu(tmp_path):
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        main(["bench", "kernels", "--out", str(tmp_path)])

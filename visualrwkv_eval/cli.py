@@ -1,4 +1,7 @@
-"""The `visualrwkv-eval` command line: make-tiny, tasks, demo, bench."""
+"""The `visualrwkv-eval` command line: make-tiny, tasks, demo, bench.
+
+Each subcommand imports what it needs when it runs, so that `visualrwkv-eval --help` (and building the parser)
+does not import torch or transformers, which take seconds."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from visualrwkv_eval.model.tiny import SIZES
+from visualrwkv_eval.bench import SIZE_NAMES
 
 MINI_NOTE = (
     "The demo model has random weights: its scores are meaningless. The run proves the pipeline (model, "
@@ -96,17 +99,9 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    import torch
+    from visualrwkv_eval.bench import load
 
-    from visualrwkv_eval.bench import DTYPES, eval_throughput, length, peer, roofline, scale
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    if getattr(args, "lengths", "") is None:
-        args.lengths = "1024,2048,4096,8192,16384,24576" if device.type == "cuda" else "1024,2048,4096,8192"
-    {"length": length, "eval": eval_throughput, "roofline": roofline, "scale": scale, "peer": peer}[args.what].run(
-        args, device, dtype
-    )
+    load(args.what).run(args)
 
 
 def _mini_tasks(tasks: Path) -> list[str]:
@@ -115,42 +110,17 @@ def _mini_tasks(tasks: Path) -> list[str]:
     return yaml.safe_load((tasks / "mini" / "_visualrwkv_mini.yaml").read_text())["task"]
 
 
-def _scale_parser(bench) -> None:
-    b = bench.add_parser("scale", help="samples/s and peak memory against rows, through the lmms-eval CLI")
-    b.add_argument("--preset", default="vqav2_testdev", help="data set whose rows / distinct images to mimic")
-    b.add_argument("--rows", default="100,1000", help="comma-separated row counts (lmms-eval --limit)")
-    b.add_argument("--preset-rows", type=int, default=None, help="rows in the generated data (default: max --rows)")
-    b.add_argument("--workers", type=int, default=2, help="image_workers of the pipeline run (vs 0)")
-    b.add_argument("--batch-size", type=int, default=8)
-    b.add_argument("--image-size", default="640x480", help="WxH of the JPEGs")
-    b.add_argument("--max-new-tokens", type=int, default=3, help="answer cap (VQA answers: 1-3 tokens); 0: the task's")
-    b.add_argument("--threads", type=int, default=1, help="torch threads of each lmms-eval run (OMP_NUM_THREADS)")
-    b.add_argument("--inline-max-rows", type=int, default=10**9, help="run image_workers=0 only up to this many rows")
-    b.add_argument("--out", default="bench_results", help="folder for the JSON and PNG")
-    b.add_argument("--work", default=None, help="folder for the data, model and runs (default: OUT/scale_work)")
-    b.set_defaults(device="cpu", dtype="float32")
+def build_parser(benchmarks: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """The command line, with the options of `benchmarks` (default: all). Each benchmark's options come from its
+    module, and importing it imports torch (and more): the others are listed without their options."""
+    from visualrwkv_eval.bench import BENCHMARKS, load
 
-
-def _peer_parser(bench) -> None:
-    b = bench.add_parser("peer", help="CPU prefill / decode vs the official rwkv package on the same weights")
-    b.add_argument("--size", default="small,1b6", help=f"comma-separated shapes among {', '.join(SIZES)}")
-    b.add_argument("--checkpoint", default=None, help="an x060 .pth (plain RWKV-LM or VisualRWKV) instead of random")
-    b.add_argument("--prompt", type=int, default=640, help="prefill length")
-    b.add_argument("--steps", type=int, default=8, help="decode steps timed per repetition")
-    b.add_argument("--reps", type=int, default=2, help="interleaved repetitions")
-    b.add_argument("--threads", type=int, default=None, help="torch threads for both engines (default: torch's)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--out", default="bench_results", help="folder for the JSON and PNG")
-    b.set_defaults(device="cpu", dtype="float32")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="visualrwkv-eval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="visualrwkv-eval", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("make-tiny", help="write a random-weight VisualRWKV (model.pth + vision_tower/)")
     p.add_argument("out", help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="tiny", choices=list(SIZES))
+    p.add_argument("--size", default="tiny", choices=SIZE_NAMES)
     p.set_defaults(func=_make_tiny)
     p = sub.add_parser("tasks", help="write the mini benchmarks and the task YAMLs (mini and paper protocol)")
     p.add_argument("out", help="output folder (data/ and tasks/ go there)")
@@ -160,31 +130,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", help="output folder (tiny model, data, task YAMLs, results)")
     p.add_argument("--batch_size", type=int, default=8)
     p.set_defaults(func=_demo)
-    p = sub.add_parser("bench", help="performance: length, eval or roofline (JSON + PNG)")
-    bench = p.add_subparsers(dest="what", required=True)
-    for name, text in (("length", "decode latency and memory against inference length, vs a Transformer"),
-                       ("eval", "samples/s on a GQA-like workload, vs the reference protocol"),
-                       ("roofline", "decode / prefill against the device's bandwidth / matmul bounds")):  # fmt: skip
-        b = bench.add_parser(name, help=text)
-        b.add_argument("--size", default="small", choices=list(SIZES), help="random weights of this shape")
-        b.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-        b.add_argument(
-            "--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default: bf16 on CUDA"
-        )
-        b.add_argument("--kernel", default="auto", choices=["auto", "cupy", "torch"])
-        b.add_argument("--out", default="bench_results", help="folder for the JSON and PNG")
-        if name == "length":
-            b.add_argument("--lengths", default=None, help="comma-separated; default 1K..24K on CUDA, 1K..8K on CPU")
-            b.add_argument("--steps", type=int, default=16, help="decode steps timed at each length")
-        elif name == "eval":
-            b.add_argument("--samples", type=int, default=24)
-            b.add_argument("--batch-sizes", default="8", help="comma-separated batch sizes to try")
-        else:
-            b.add_argument("--prompt", type=int, default=640, help="prefill length")
-            b.add_argument("--steps", type=int, default=16, help="decode steps timed")
-    _scale_parser(bench)
-    _peer_parser(bench)
+    p = sub.add_parser("bench", help=f"performance measurements, JSON + PNG: {', '.join(BENCHMARKS)}")
     p.set_defaults(func=_bench)
+    bench = p.add_subparsers(dest="what", required=True)
+    for name, (_module, text) in BENCHMARKS.items():
+        b = bench.add_parser(name, help=text)
+        if benchmarks is None or name in benchmarks:
+            load(name).add_arguments(b)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    # only the benchmark that runs is imported (the kernel benchmark runs where transformers is missing)
+    parser = build_parser(tuple(argv[1:2]) if argv[:1] == ["bench"] and argv[1:2] != ["--help"] else ())
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -6,12 +6,13 @@ The totals go to lmms-eval's `throughput` section of the results (lmms_eval.mode
 
 from __future__ import annotations
 
-import resource
 from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 from loguru import logger
+
+from visualrwkv_eval.measure import peak_memory_gib, peak_memory_reset
 
 
 @dataclass
@@ -27,12 +28,6 @@ class TaskCounts:
         return self.prefill_seconds + self.decode_seconds
 
 
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
-
-
 def _rate(amount: float, seconds: float) -> float:
     return amount / seconds if seconds > 0 else 0.0
 
@@ -41,8 +36,7 @@ class Throughput:
     def __init__(self, device: torch.device):
         self.device = device
         self.tasks: dict[str, TaskCounts] = defaultdict(TaskCounts)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        peak_memory_reset(device)  # the peak of the generation, on the CPU too
 
     def add_batch(self, tasks: list[str], prompt_rows: list[int], new_tokens: list[int], stats) -> None:
         rows, tokens = sum(prompt_rows) or 1, sum(new_tokens) or 1

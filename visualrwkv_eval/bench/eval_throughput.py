@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from visualrwkv_eval.measure import timed
 from visualrwkv_eval.model import GenerationRequest, generate_batch
 from visualrwkv_eval.model.tiny import random_model
 from visualrwkv_eval.model.tokenizer import STOP_TOKEN
 
-from . import bar_chart, environment, save, synchronize
+from .common import add_model_arguments, bar_chart, device_and_dtype, environment, save
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 
@@ -54,14 +54,6 @@ def reference_protocol(model, request: GenerationRequest) -> list[int]:
     return out
 
 
-def timed(fn, device: torch.device) -> tuple[float, object]:
-    synchronize(device)
-    start = time.perf_counter()
-    value = fn()
-    synchronize(device)
-    return time.perf_counter() - start, value
-
-
 def ours(model, requests, batch_size: int) -> list[list[int]]:
     out = []
     for start in range(0, len(requests), batch_size):
@@ -74,10 +66,17 @@ def agreement(tokens: list[list[int]], baseline: list[list[int]]) -> float:
     return sum(a == b for a, b in zip(tokens, baseline)) / max(len(baseline), 1)
 
 
-def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Path:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--samples", type=int, default=24)
+    parser.add_argument("--batch-sizes", default="8", help="comma-separated batch sizes to try")
+
+
+def run(args: argparse.Namespace) -> Path:
     """Measures and saves as it goes: the JSON exists (with what was measured and, on a failure, the error)
     before anything can fail. Answers are compared, not asserted: on CUDA, cuBLAS picks kernels by batch shape,
     so a bf16 greedy near-tie may flip between batch sizes (bitwise equal on CPU; see the README)."""
+    device, dtype = device_and_dtype(args)
     out, name = Path(args.out), f"eval_{args.size}"
     result = {"benchmark": "eval", **environment(device, dtype), "size": args.size, "complete": False}
     path = save(result, out, name)

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from visualrwkv_eval.measure import peak_memory_gib, peak_memory_reset, seconds
 from visualrwkv_eval.model.tiny import random_model
 
-from . import environment, figure, peak_memory_gib, peak_memory_reset, save, seconds, tensor_mib
+from .common import add_model_arguments, device_and_dtype, environment, figure, save, tensor_mib
 
 # LLaVA-1.5's language model is Vicuna, a Llama-2 (multi-head attention); "7b" is exactly Llama-2-7B and the
 # others keep its proportions at the parameter count of the VisualRWKV size they stand beside
@@ -43,6 +44,12 @@ def llava_baseline(size: str, dtype: torch.dtype, device: torch.device, max_leng
     return model.eval()
 
 
+def tensor_peak_gib(device: torch.device) -> float | None:
+    """Peak tensor memory of one point on CUDA; None on the CPU, where the only gauge is the process's resident
+    set, which keeps what the allocator held from the model measured before (the plot then shows state sizes)."""
+    return peak_memory_gib(device) if device.type == "cuda" else None
+
+
 def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -56,7 +63,7 @@ def rwkv_point(model, length: int, steps: int, device: torch.device) -> dict:
     latency = seconds(lambda: model.decode(token, state), device, reps=steps, warmup=3)
     return {
         "latency_ms": 1000 * latency,
-        "peak_memory_gib": peak_memory_gib(device),
+        "peak_memory_gib": tensor_peak_gib(device),
         "state_mib": tensor_mib(state.att_shift, state.wkv, state.ffn_shift),
     }
 
@@ -77,7 +84,7 @@ def transformer_point(model, length: int, steps: int, device: torch.device) -> d
     cfg = model.config
     return {
         "latency_ms": 1000 * latency,
-        "peak_memory_gib": peak_memory_gib(device),
+        "peak_memory_gib": tensor_peak_gib(device),
         "state_mib": 2 * cfg.num_hidden_layers * length * cfg.hidden_size * model.dtype.itemsize / 2**20,
     }
 
@@ -138,7 +145,16 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Path:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--lengths", default=None, help="comma-separated; default 1K..24K on CUDA, 1K..8K on CPU")
+    parser.add_argument("--steps", type=int, default=16, help="decode steps timed at each length")
+
+
+def run(args: argparse.Namespace) -> Path:
+    device, dtype = device_and_dtype(args)
+    if args.lengths is None:
+        args.lengths = "1024,2048,4096,8192,16384,24576" if device.type == "cuda" else "1024,2048,4096,8192"
     result = {"benchmark": "length", **environment(device, dtype), **measure(args, device, dtype)}
     out = Path(args.out)
     path = save(result, out, f"length_{args.size}")

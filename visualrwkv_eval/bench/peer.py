@@ -15,18 +15,21 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from visualrwkv_eval.measure import timed
 from visualrwkv_eval.model import load_model
 from visualrwkv_eval.model.tiny import SIZES, random_rwkv_weights, size_config
 
-from . import environment, figure, save
+from . import SIZE_NAMES
+from .common import environment, figure, save
 from .roofline import bandwidth_bytes_per_s
 
 OFFICIAL_STRATEGY = "cpu fp32"
+CPU = torch.device("cpu")
 
 
 def plain_checkpoint(path: Path, folder: Path) -> Path:
@@ -92,12 +95,6 @@ class Official:
         return self.engine.forward([token], state)
 
 
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - start, out
-
-
 def measure(engines: dict, prompt: list[int], steps: int, reps: int) -> dict:
     """Interleaved repetitions: prefills back to back, then each decode step for every engine in turn; the
     engines take turns at going first (odd repetitions reverse the order)."""
@@ -112,14 +109,14 @@ def measure(engines: dict, prompt: list[int], steps: int, reps: int) -> dict:
         logits, states = {}, {}
         turns = list(engines.items())[:: -1 if rep % 2 else 1]
         for name, e in turns:
-            t, (logits[name], states[name]) = timed(e.prefill, prompt)
+            t, (logits[name], states[name]) = timed(partial(e.prefill, prompt), CPU)
             prefill[name].append(t)
         record(diffs, "prefill", logits)
         spent = dict.fromkeys(engines, 0.0)
         for _ in range(steps):
             token = int(logits["ours"].argmax())
             for name, e in turns:
-                t, (logits[name], states[name]) = timed(e.decode, token, states[name])
+                t, (logits[name], states[name]) = timed(partial(e.decode, token, states[name]), CPU)
                 spent[name] += t
             record(diffs, "decode", logits)
         for name in engines:
@@ -232,15 +229,26 @@ def plot(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    b = parser.add_argument
+    b("--size", default="small,1b6", help=f"comma-separated shapes among {', '.join(SIZE_NAMES)}")
+    b("--checkpoint", default=None, help="an x060 .pth (plain RWKV-LM or VisualRWKV) instead of random")
+    b("--prompt", type=int, default=640, help="prefill length")
+    b("--steps", type=int, default=8, help="decode steps timed per repetition")
+    b("--reps", type=int, default=2, help="interleaved repetitions")
+    b("--threads", type=int, default=None, help="torch threads for both engines (default: torch's)")
+    b("--seed", type=int, default=0)
+    b("--out", default="bench_results", help="folder for the JSON and PNG")
+
+
 @torch.inference_mode()
-def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[Path]:
-    if device.type != "cpu" or dtype != torch.float32:
-        raise SystemExit("bench peer compares CPU fp32 engines: run it with --device cpu --dtype float32")
+def run(args: argparse.Namespace) -> list[Path]:
+    """Both engines in fp32 on the CPU (the official package's CPU path)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [Path(args.checkpoint).stem] if args.checkpoint else args.size.split(",")
     if unknown := [s for s in sizes if s not in SIZES and not args.checkpoint]:
         raise SystemExit(f"--size {','.join(unknown)}: expected among {', '.join(SIZES)}")
-    bandwidth = bandwidth_bytes_per_s(device)
+    bandwidth = bandwidth_bytes_per_s(CPU)
     with tempfile.TemporaryDirectory(prefix="peer-") as folder:
         return [run_size(args, size, Path(folder), bandwidth) for size in sizes]

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
+from visualrwkv_eval.measure import seconds
 from visualrwkv_eval.model.tiny import random_model
 
-from . import bar_chart, environment, save, seconds
+from .common import add_model_arguments, bar_chart, device_and_dtype, environment, save
 
 
 def fastest(fn, device: torch.device, reps: int) -> float:
@@ -34,8 +35,15 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / fastest(lambda: a @ b, device, reps=10)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--prompt", type=int, default=640, help="prefill length")
+    parser.add_argument("--steps", type=int, default=16, help="decode steps timed")
+
+
 @torch.inference_mode()
-def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Path:
+def run(args: argparse.Namespace) -> Path:
+    device, dtype = device_and_dtype(args)
     bandwidth, flops = bandwidth_bytes_per_s(device), matmul_flops_per_s(device, dtype)
     model = random_model(args.size, dtype=dtype, device=device, kernel=args.kernel)
     cfg = model.config

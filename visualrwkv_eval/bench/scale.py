@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from . import environment, figure, save
+from .common import environment, figure, save
 
 # Rows / distinct images of the evaluation splits lmms-eval runs (hub data sets behind the task names)
 PRESETS = {
@@ -181,7 +181,23 @@ def _point(cmd: list[str], env: dict[str, str], log: Path, rows: int, workers: i
     return point
 
 
-def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    b = parser.add_argument
+    b("--preset", default="vqav2_testdev", choices=list(PRESETS), help="data set whose rows / distinct images to mimic")
+    b("--rows", default="100,1000", help="comma-separated row counts (lmms-eval --limit)")
+    b("--preset-rows", type=int, default=None, help="rows in the generated data (default: max --rows)")
+    b("--workers", type=int, default=2, help="image_workers of the pipeline run (vs 0)")
+    b("--batch-size", type=int, default=8)
+    b("--image-size", default="640x480", help="WxH of the JPEGs")
+    b("--max-new-tokens", type=int, default=3, help="answer cap (VQA answers: 1-3 tokens); 0: the task's")
+    b("--threads", type=int, default=1, help="torch threads of each lmms-eval run (OMP_NUM_THREADS)")
+    b("--inline-max-rows", type=int, default=10**9, help="run image_workers=0 only up to this many rows")
+    b("--out", default="bench_results", help="folder for the JSON and PNG")
+    b("--work", default=None, help="folder for the data, model and runs (default: OUT/scale_work)")
+
+
+def run(args: argparse.Namespace) -> None:
+    """The tiny model in fp32 on the CPU, through the lmms-eval CLI."""
     from visualrwkv_eval.cli import offline_env
     from visualrwkv_eval.model.tiny import make_tiny
 
@@ -206,7 +222,7 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> N
     points, load = [], [os.getloadavg()]
     gen = ["--gen_kwargs", f"max_new_tokens={args.max_new_tokens}"] if args.max_new_tokens else []
     base = {
-        "benchmark": "scale", **environment(device, torch.float32), "preset": args.preset,
+        "benchmark": "scale", **environment(torch.device("cpu"), torch.float32), "preset": args.preset,
         "preset_rows_distinct_images": [full, distinct], "rows_in_data": n, "image_size": list(size),
         "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "pipeline_workers": args.workers,
         "cpu_count": os.cpu_count(), "torch_threads_per_run": args.threads,

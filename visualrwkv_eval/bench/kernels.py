@@ -1,9 +1,9 @@
-"""GPU benchmark of the CuPy WKV6 kernels against the PyTorch reference: correctness figures and side-by-side
-timings in one run (CUDA events, median of several reps after warm-up), written as JSON.
+"""bench kernels: the CuPy WKV6 kernels against the PyTorch reference on a GPU: correctness figures and
+side-by-side timings in one run (CUDA events, median of several reps after warm-up), written as JSON.
 
-    python benchmarks/gpu_kernels.py --out bench_results/kernels.json
+    visualrwkv-eval bench kernels --out bench_results      # writes bench_results/kernels.json
 
-Imports only torch, cupy and the kernels, so that it runs without the evaluation stack.
+Needs only torch, CuPy and the kernels (not lmms-eval or transformers), so that it runs on a bare GPU machine.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-import cupy
 import torch
 
 from visualrwkv_eval.kernels import wkv6_decode, wkv6_prefill
-from visualrwkv_eval.kernels.wkv6.cupy import SPLITS, default_split, wkv6_decode_cupy, wkv6_prefill_cupy
+from visualrwkv_eval.measure import seconds
 
-DEVICE = "cuda"
+from .common import save
+
+DEVICE = torch.device("cuda")
 H, N = 32, 64
 PREFILL_TARGET = 5.0  # kernel / reference speed ratio for prefill at B=1, T=640 (bf16)
 DECODE_TARGET = 10.0  # for a decode step at B=64
@@ -58,6 +58,8 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def correctness() -> dict:
     """Kernel against the reference (run on the CPU: no TF32 anywhere), and its own invariants."""
+    from visualrwkv_eval.kernels.wkv6.cupy import SPLITS, wkv6_prefill_cupy
+
     out = {}
     args = make_inputs([640], torch.float32, seed=1)
     ref = on_cpu(args)
@@ -106,26 +108,16 @@ def correctness() -> dict:
 
 
 def time_ms(fn: Callable[[], object], reps: int, calls: int = 1, warmup: int = 2) -> float:
-    """Median time per call of `reps` bursts of `calls` back-to-back calls, between CUDA events. Within a burst,
-    host overhead hides behind GPU work where there is any, as in the model's loop over layers."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+    """Median milliseconds per call of `reps` bursts of `calls` back-to-back calls, between CUDA events."""
+    return 1e3 * seconds(fn, DEVICE, reps=reps, warmup=warmup, calls=calls)
 
 
 def compare(
     name: str, run: Callable[[str], object], batch: int, ref: tuple[int, int], target: float | None, sms: int
 ) -> dict:
     """Kernel and reference timed the same way; `ref` is (reps, calls) for the reference, bounded where it is slow."""
+    from visualrwkv_eval.kernels.wkv6.cupy import default_split
+
     entry = {
         "case": name,
         "split": default_split(batch * H, sms),
@@ -162,6 +154,8 @@ def decode_case(batch: int, target: float | None, sms: int) -> dict:
 
 def split_timings() -> dict:
     """Each split forced, to check the default choice on this device."""
+    from visualrwkv_eval.kernels.wkv6.cupy import SPLITS, wkv6_decode_cupy, wkv6_prefill_cupy
+
     prefill = make_inputs([640], torch.bfloat16)[:6]
     decode = make_inputs([1] * 64, torch.bfloat16, decode=True)
     return {
@@ -191,10 +185,15 @@ def graph_vs_eager() -> dict:
     return {"eager_ms_per_launch": eager_ms, "graph_ms_per_launch": graph_ms, "launches_per_step": 32}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench_results/kernels.json"))
-    args = parser.parse_args()
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="bench_results", help="folder for kernels.json")
+
+
+def run(args: argparse.Namespace) -> Path:
+    import cupy
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench kernels needs a CUDA device")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     mixed = (640 + torch.randint(-128, 129, (16,), generator=torch.Generator().manual_seed(0))).tolist()
     report = {
@@ -218,10 +217,6 @@ def main() -> None:
     report["split_ms"] = split_timings()
     report["decode_graph_vs_eager"] = graph_vs_eager()
     report["targets_met"] = all(e.get("meets_target", True) for e in report["prefill"] + report["decode"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"split timings (ms): {report['split_ms']}\ntargets met: {report['targets_met']}\nwrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    path = save(report, Path(args.out), "kernels")
+    print(f"split timings (ms): {report['split_ms']}\ntargets met: {report['targets_met']}\nwrote {path}")
+    return path
