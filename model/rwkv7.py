@@ -1,0 +1,223 @@
+"""RWKV-7 "Goose" (x070) language model over packed sequences (arXiv 2503.14456), as VisualRWKV-7 runs it
+(github.com/howard-hou/VisualRWKV, VisualRWKV-v7/v7.00/src/model.py, RWKV_Tmix_x070 / RWKV_CMix_x070 / Block)
+and as the official `rwkv` pip package (0.8.32, RWKV_x070) computes it.
+
+Like model/rwkv6.py, every block works on packed rows [T_total, C] holding B sequences one after another
+(`Packing`), each sequence with its own recurrent state; a decode step is the same code with one row per
+sequence. What RWKV-7 adds between layers is the value residual: layer 0's value of each row (`v_first`) is
+carried to every later layer of the same row, which mixes it into its own value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visualrwkv_eval import kernels
+
+from .config import HEAD_SIZE_DIVISOR, RWKV7Config
+from .rowwise import column_major_, linear, matmul
+from .rwkv6 import Packing, RecurrentState, token_shift
+
+LERPS = ("r", "w", "k", "v", "a", "g")  # token-shift mixes of the time-mix inputs, in this order
+WKV = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]  # (prefill, decode), kernels.get
+Carry = tuple[torch.Tensor, ...]  # per-row tensors [T, ...] handed from one layer to the next
+DECAY_OFFSET = 0.5  # w = -softplus(-z) - 0.5 bounds the decay exp(-exp(w)) to (exp(-exp(-0.5)), 1) ~ (0.545, 1)
+
+
+class RWKV7State(RecurrentState):
+    """Per layer and sequence: the token-shift inputs of both mixers (ln1 / ln2 outputs of the last token) and
+    the fp32 WKV state S[h, i, j] (i = value index, j = key index)."""
+
+    @staticmethod
+    def zeros(cfg: RWKV7Config, batch: int, dtype: torch.dtype, device: torch.device) -> RWKV7State:
+        return RWKV7State(**vars(RecurrentState.zeros(cfg, batch, dtype, device)))
+
+    @property
+    def bytes_per_sequence(self) -> int:
+        """Memory the state of one sequence takes."""
+        return sum(t[:, :1].nbytes for t in (self.att_shift, self.wkv, self.ffn_shift))
+
+    def select(self, index: torch.Tensor | list[int]) -> RWKV7State:
+        return RWKV7State(**vars(super().select(index)))
+
+    @staticmethod
+    def cat(states: list[RecurrentState]) -> RWKV7State:
+        return RWKV7State(**vars(RecurrentState.cat(states)))
+
+
+class TimeMix7(nn.Module):
+    def __init__(self, cfg: RWKV7Config, layer_id: int):
+        super().__init__()
+        C, A, H, N = cfg.n_embd, cfg.dim_att, cfg.n_head, cfg.head_size
+        self.n_head, self.head_size = H, N
+        for name in LERPS:
+            setattr(self, f"x_{name}", nn.Parameter(torch.zeros(1, 1, C)))
+        loras = {"w": cfg.d_decay, "a": cfg.d_aaa, "v": cfg.d_mv}
+        if layer_id == 0:
+            del loras["v"]  # layer 0's value is v_first itself
+        for name, rank in loras.items():
+            setattr(self, f"{name}0", nn.Parameter(torch.zeros(1, 1, A)))
+            setattr(self, f"{name}1", nn.Parameter(torch.zeros(C, rank)))
+            setattr(self, f"{name}2", nn.Parameter(torch.zeros(rank, A)))
+        self.g1, self.g2 = nn.Parameter(torch.zeros(C, cfg.d_gate)), nn.Parameter(torch.zeros(cfg.d_gate, A))
+        self.k_k, self.k_a = nn.Parameter(torch.zeros(1, 1, A)), nn.Parameter(torch.zeros(1, 1, A))
+        self.r_k = nn.Parameter(torch.zeros(H, N))
+        self.receptance = nn.Linear(C, A, bias=False)
+        self.key = nn.Linear(C, A, bias=False)
+        self.value = nn.Linear(C, A, bias=False)
+        self.output = nn.Linear(A, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, A, eps=1e-5 * HEAD_SIZE_DIVISOR**2)  # 64e-5, as the reference
+
+    def lerps(self, x: torch.Tensor, xx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x + (x_prev - x) * x_? for r, w, k, v, a, g, as one broadcast op (same values as six)."""
+        mix = torch.cat([getattr(self, f"x_{name}") for name in LERPS])  # [6, 1, C]
+        return (x + xx * mix).unbind(0)
+
+    def lora(self, x: torch.Tensor, name: str, one: bool, inner: Callable | None = None) -> torch.Tensor:
+        """(x @ ?1) @ ?2, with `inner` applied between the two factors."""
+        h = matmul(x, getattr(self, f"{name}1"), one)
+        return matmul(h if inner is None else inner(h), getattr(self, f"{name}2"), one)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        v_first: torch.Tensor | None,
+        shift: torch.Tensor,
+        wkv: torch.Tensor,
+        pack: Packing,
+        kernel: WKV,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, C] (ln1 output), v_first [T, A] (None in layer 0) -> (out [T, C], v_first [T, A]); updates
+        `shift` [B, C] and `wkv` [B, H, N, N] in place. `kernel`: the (prefill, decode) WKV7 pair (kernels.get),
+        which takes r, w, k, v, a, b [T, H, N] and does S <- S diag(exp(-exp(w))) + (S a) b^T + v k^T, y = S r."""
+        T, H, N, one = x.shape[0], self.n_head, self.head_size, pack.decode  # decode: 1-row products
+        xr, xw, xk, xv, xa, xg = self.lerps(x, token_shift(x, shift, pack) - x)
+        shift.copy_(pack.last_rows(x))
+        r, k, v = (linear(t, m.weight, one) for t, m in ((xr, self.receptance), (xk, self.key), (xv, self.value)))
+        # raw decay, bounded above by -0.5: the kernel takes d = exp(-exp(w))
+        w = -F.softplus(-(self.w0.view(-1) + self.lora(xw, "w", one, torch.tanh))) - DECAY_OFFSET
+        if v_first is None:
+            v_first = v
+        else:  # value residual: mix in layer 0's value of the same row
+            v = v + (v_first - v) * torch.sigmoid(self.v0.view(-1) + self.lora(xv, "v", one))
+        a = torch.sigmoid(self.a0.view(-1) + self.lora(xa, "a", one))  # in-context learning rate
+        g = self.lora(xg, "g", one, torch.sigmoid)
+        kappa = F.normalize((k * self.k_k.view(-1)).view(T, H, N), dim=-1, p=2.0)  # removal key, unit per head
+        k = k * (1 + (a - 1) * self.k_a.view(-1))  # the key actually written (kappa is from k before this)
+        heads = (T, H, N)
+        args = (r.view(heads), w.view(heads), k.view(heads), v.view(heads), -kappa, kappa * a.view(heads), wkv)
+        y = kernel[1](*args) if pack.decode else kernel[0](*args, pack.cu_seqlens)
+        y = self.ln_x(y.reshape(T, H * N))
+        bonus = (r * k * self.r_k.view(-1)).view(heads).sum(-1, keepdim=True) * v.view(heads)
+        return linear((y + bonus.view(T, H * N)) * g, self.output.weight, one), v_first
+
+
+class ChannelMix7(nn.Module):
+    def __init__(self, cfg: RWKV7Config):
+        super().__init__()
+        C = cfg.n_embd
+        self.x_k = nn.Parameter(torch.zeros(1, 1, C))
+        self.key = nn.Linear(C, cfg.dim_ffn, bias=False)
+        self.value = nn.Linear(cfg.dim_ffn, C, bias=False)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, pack: Packing) -> torch.Tensor:
+        """x [T, C] (ln2 output) -> [T, C]: W_v relu(W_k x_k)^2, no receptance gate; updates `shift` in place."""
+        xx, one = token_shift(x, shift, pack) - x, pack.decode
+        shift.copy_(pack.last_rows(x))
+        k = torch.relu(linear(x + xx * self.x_k.view(-1), self.key.weight, one)) ** 2
+        return linear(k, self.value.weight, one)
+
+
+class Block7(nn.Module):
+    def __init__(self, cfg: RWKV7Config, layer_id: int):
+        super().__init__()
+        C = cfg.n_embd
+        self.ln0 = nn.LayerNorm(C) if layer_id == 0 else None  # every row of block 0, image rows included
+        self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.att, self.ffn = TimeMix7(cfg, layer_id), ChannelMix7(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        v_first: torch.Tensor | None,
+        state: RecurrentState,
+        layer: int,
+        pack: Packing,
+        kernel: WKV,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [T, C] and the carried v_first [T, A] (None before layer 0) -> (rows, v_first)."""
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        out, v_first = self.att(self.ln1(x), v_first, state.att_shift[layer], state.wkv[layer], pack, kernel)
+        x = x + out
+        return x + self.ffn(self.ln2(x), state.ffn_shift[layer], pack), v_first
+
+
+class RWKV7(nn.Module):
+    wkv_op = "wkv7"  # the kernels registry's operation (kernels.get)
+
+    def __init__(self, cfg: RWKV7Config):
+        super().__init__()
+        self.config = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block7(cfg, i) for i in range(cfg.n_layer))
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.kernel: WKV = kernels.get(self.wkv_op, "torch")
+
+    def use_backend(self, backend: str) -> None:
+        """Run the WKV recurrence on `backend` ("torch" | "cupy", as kernels.resolve_backend decides)."""
+        self.kernel = kernels.get(self.wkv_op, backend)
+
+    @staticmethod
+    def from_weights(weights: dict[str, torch.Tensor], config: RWKV7Config | None = None) -> RWKV7:
+        """The model over existing tensors (assigned, not copied: a memory-mapped file stays mapped). Keys as
+        RWKV-LM saves them, or a VisualRWKV-7 state dict, whose `rwkv.*` keys are taken."""
+        if "rwkv.emb.weight" in weights:
+            weights = {k[len("rwkv.") :]: v for k, v in weights.items() if k.startswith("rwkv.")}
+        config = config or RWKV7Config.from_weights(weights)
+        with torch.device("meta"):
+            model = RWKV7(config)
+        model.load_state_dict(weights, strict=True, assign=True)
+        return model.eval()
+
+    def new_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> RWKV7State:
+        w = self.head.weight
+        return RWKV7State.zeros(self.config, batch, dtype or w.dtype, device or w.device)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [T] -> rows [T, C]."""
+        return self.emb(ids)
+
+    def block(
+        self, layer: int, x: torch.Tensor, state: RecurrentState, pack: Packing, carry: Carry = ()
+    ) -> tuple[torch.Tensor, Carry]:
+        """Rows [T, C] through layer `layer` -> (rows, carry). The carry is (v_first,): layer 0's value of each
+        row [T, A], which every later layer mixes into its own (empty before layer 0); a scan that reorders
+        the rows reorders it with them."""
+        x, v_first = self.blocks[layer](x, carry[0] if carry else None, state, layer, pack, self.kernel)
+        return x, (v_first,)
+
+    def forward(self, x: torch.Tensor, state: RecurrentState, pack: Packing) -> torch.Tensor:
+        """Embeddings [T, C] -> final hidden rows [T, C], layer by layer from `state` (updated in place)."""
+        self.cpu_layout_()
+        carry: Carry = ()
+        for i in range(len(self.blocks)):
+            x, carry = self.block(i, x, state, pack, carry)
+        return x
+
+    def logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
+        """Logits of rows of `hidden`; `decode`: rows of a decode step (1-row products, as in its layers)."""
+        self.cpu_layout_()
+        return linear(self.ln_out(hidden), self.head.weight, decode)
+
+    def cpu_layout_(self) -> None:
+        """On CPU, every matrix in the layout whose products are row-invariant and fast (rowwise.py); once,
+        and again after a move back from another device (the head's strides tell)."""
+        head = self.head.weight
+        if head.device.type == "cpu" and head.is_contiguous():
+            column_major_(m.weight for m in self.modules() if isinstance(m, nn.Linear))
