@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 import wkv6_emulator as emul
-from test_wkv_reference import naive_wkv6
+from helpers import cu_seqlens, naive_wkv6, rel_err, wkv6_inputs
 
 from visualrwkv_eval.kernels import wkv6_decode, wkv6_prefill, wkv6_prefill_torch
 from visualrwkv_eval.kernels.wkv6 import cupy as launcher
@@ -37,14 +37,8 @@ def emulator(tmp_path_factory):
 
 def inputs(lengths, H=2, dtype=torch.float32, seed=0, decode=False):
     """Packed r, k, v, w, u in `dtype`, an fp32 state per sequence and the offsets (None for decode)."""
-    g = torch.Generator().manual_seed(seed)
-    T = len(lengths) if decode else sum(lengths)
-    r, k, v = (torch.randn(T, H, 64, generator=g) for _ in range(3))
-    w = torch.rand(T, H, 64, generator=g) * 7.5 - 6  # decays from 0.9975 down to 0.011
-    u = torch.randn(H, 64, generator=g)
-    state = torch.randn(len(lengths), H, 64, 64, generator=g)
-    cu = None if decode else torch.tensor([0, *lengths]).cumsum(0)
-    return [t.to(dtype) for t in (r, k, v, w, u)], state, cu
+    *tensors, state = wkv6_inputs(len(lengths) if decode else sum(lengths), H, len(lengths), seed=seed, dtype=dtype)
+    return tensors, state, None if decode else cu_seqlens(lengths)
 
 
 def emulate(emulator, tensors, state, cu, *, decode=False, split=None, align="end"):
@@ -71,10 +65,6 @@ def reference(tensors, state, cu):
         ys.append(y)
         states.append(S)
     return torch.cat(ys), torch.stack(states)
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def ulps(y: torch.Tensor, ref: torch.Tensor) -> float:

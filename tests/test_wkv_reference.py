@@ -1,43 +1,17 @@
-"""The PyTorch WKV6 reference: chunked prefill == step-by-step recurrence, state carry, packing."""
+"""The PyTorch WKV6 reference: chunked prefill == the float64 step-by-step recurrence (tests/helpers.py), state
+carry, packing."""
 
 import pytest
 import torch
+from helpers import cu_seqlens, naive_wkv6, rel_err, wkv6_inputs
 
 from visualrwkv_eval.kernels import wkv6_decode_torch, wkv6_prefill_torch
-
-
-def naive_wkv6(r, k, v, w, u, S):
-    """The recurrence of spec 4.1, one token at a time, in float64."""
-    r, k, v, w, u, S = (t.double() for t in (r, k, v, w, u, S.clone()))
-    ys = []
-    for t in range(r.shape[0]):
-        kv = k[t].unsqueeze(-1) * v[t].unsqueeze(-2)
-        ys.append(torch.einsum("hi,hij->hj", r[t], S + u.unsqueeze(-1) * kv))
-        S = torch.exp(-torch.exp(w[t])).unsqueeze(-1) * S + kv
-    return torch.stack(ys), S
-
-
-def inputs(T, H=2, N=64, seed=0, decay="realistic"):
-    g = torch.Generator().manual_seed(seed)
-    r, k, v = (torch.randn(T, H, N, generator=g) for _ in range(3))
-    if decay == "realistic":  # w in [-6, 1.5]: decays from 0.9975 down to 0.011
-        w = torch.rand(T, H, N, generator=g) * 7.5 - 6
-    elif decay == "extreme":  # decays within 1e-9 of 1 and exp(-exp(4)) ~ 1e-24 of 0, mixed over time
-        w = torch.where(torch.rand(T, H, N, generator=g) < 0.5, torch.tensor(-20.0), torch.tensor(4.0))
-        w += torch.randn(T, H, N, generator=g)
-    u = torch.randn(H, N, generator=g)
-    S = torch.randn(1, H, N, N, generator=g)
-    return r, k, v, w, u, S
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 @pytest.mark.parametrize("T", [1, 7, 16, 33, 100])
 @pytest.mark.parametrize("decay", ["realistic", "extreme"])
 def test_chunked_prefill_equals_recurrence(T, decay):
-    r, k, v, w, u, S = inputs(T, decay=decay, seed=T)
+    r, k, v, w, u, S = wkv6_inputs(T, decay=decay, seed=T)
     y_ref, S_ref = naive_wkv6(r, k, v, w, u, S[0])
     state = S.clone()
     y = wkv6_prefill_torch(r, k, v, w, u, state)
@@ -46,7 +20,7 @@ def test_chunked_prefill_equals_recurrence(T, decay):
 
 
 def test_decode_step_equals_recurrence():
-    r, k, v, w, u, S = inputs(5)
+    r, k, v, w, u, S = wkv6_inputs(5)
     y_ref, S_ref = naive_wkv6(r, k, v, w, u, S[0])
     state = S.clone()
     ys = [wkv6_decode_torch(r[t : t + 1], k[t : t + 1], v[t : t + 1], w[t : t + 1], u, state) for t in range(5)]
@@ -56,7 +30,7 @@ def test_decode_step_equals_recurrence():
 
 @pytest.mark.parametrize("split", [1, 16, 23])
 def test_carried_state_equals_one_prefill(split):
-    r, k, v, w, u, S = inputs(50, seed=split)
+    r, k, v, w, u, S = wkv6_inputs(50, seed=split)
     whole = S.clone()
     y = wkv6_prefill_torch(r, k, v, w, u, whole)
     parts = S.clone()
@@ -68,11 +42,11 @@ def test_carried_state_equals_one_prefill(split):
 
 def test_packed_batch_equals_separate_runs():
     lengths = [5, 1, 40, 17]
-    seqs = [inputs(n, seed=i) for i, n in enumerate(lengths)]
+    seqs = [wkv6_inputs(n, seed=i) for i, n in enumerate(lengths)]
     u = seqs[0][4]
     packed = [torch.cat([s[j] for s in seqs]) for j in range(4)]
     state = torch.cat([s[5] for s in seqs])
-    cu = torch.tensor([0, *lengths]).cumsum(0)
+    cu = cu_seqlens(lengths)
     y = wkv6_prefill_torch(*packed, u, state, cu)
     for i, s in enumerate(seqs):
         alone = s[5].clone()
@@ -83,7 +57,7 @@ def test_packed_batch_equals_separate_runs():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_io_keeps_fp32_state(dtype):
-    r, k, v, w, u, S = inputs(20)
+    r, k, v, w, u, S = wkv6_inputs(20)
     y_ref, _ = naive_wkv6(*(t.to(dtype) for t in (r, k, v, w, u)), S[0])
     state = S.clone()
     y = wkv6_prefill_torch(*(t.to(dtype) for t in (r, k, v, w, u)), state)
@@ -92,7 +66,7 @@ def test_low_precision_io_keeps_fp32_state(dtype):
 
 
 def test_bad_arguments_are_named():
-    r, k, v, w, u, S = inputs(4)
+    r, k, v, w, u, S = wkv6_inputs(4)
     with pytest.raises(ValueError, match="k has shape"):
         wkv6_prefill_torch(r, k[:3], v, w, u, S)
     with pytest.raises(ValueError, match="u must be"):

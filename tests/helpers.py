@@ -1,0 +1,68 @@
+"""What several test files share: named token ids, random WKV6 inputs, the float64 WKV6 recurrence and the
+relative error the WKV tests measure with. A plain module that imports only torch (pytest puts tests/ on
+sys.path), so that tests/test_kernels.py still runs on a GPU machine without the evaluation stack. The stop
+token is the package's own (visualrwkv_eval.model.tokenizer.STOP_TOKEN, 261, "\n\n"): import it from there."""
+
+from __future__ import annotations
+
+import torch
+
+# RWKV World vocabulary (rwkv_vocab_v20230424, read from the `rwkv` package)
+VOCAB_SIZE = 65536
+NEWLINE = 11  # "\n" (tests/test_tokenizer.py checks it against the vocabulary)
+# the reference's IMAGE_TOKEN_INDEX (LLaVA's convention, kept by VisualRWKV-v6/v6.0): the id that stands for the
+# image in a tokenized prompt before the image rows are spliced in
+IMAGE_TOKEN_INDEX = -200
+
+HEAD_SIZE = 64  # N: RWKV-6's head size (arXiv 2404.05892), the one the CUDA kernel is compiled for
+
+
+def wkv6_inputs(
+    T: int,
+    H: int = 2,
+    B: int = 1,
+    *,
+    N: int = HEAD_SIZE,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    decay: str = "realistic",
+) -> list[torch.Tensor]:
+    """[r, k, v, w, u, state]: r, k, v, w [T, H, N] and u [H, N] in `dtype`, an fp32 state [B, H, N, N].
+
+    realistic: w in [-6, 1.5], decays exp(-exp(w)) from 0.9975 down to 0.011; extreme: decays within 1e-9 of 1 and
+    about 1e-24 of 0 (w near -20 or 4), mixed over time. Unit-variance r, k, v, u and state."""
+    g = torch.Generator().manual_seed(seed)
+    r, k, v = (torch.randn(T, H, N, generator=g) for _ in range(3))
+    if decay == "realistic":
+        w = torch.rand(T, H, N, generator=g) * 7.5 - 6
+    elif decay == "extreme":
+        w = torch.where(torch.rand(T, H, N, generator=g) < 0.5, -20.0, 4.0) + torch.randn(T, H, N, generator=g)
+    else:
+        raise ValueError(f"decay={decay!r}: realistic or extreme")
+    u = torch.randn(H, N, generator=g)
+    state = torch.randn(B, H, N, N, generator=g)
+    return [t.to(device, dtype) for t in (r, k, v, w, u)] + [state.to(device)]
+
+
+def cu_seqlens(lengths: list[int]) -> torch.Tensor:
+    """Offsets [B + 1] of packed sequences of these lengths (on the CPU, as the model passes them)."""
+    return torch.tensor([0, *lengths]).cumsum(0)
+
+
+def naive_wkv6(r, k, v, w, u, S):
+    """The WKV6 recurrence (arXiv 2404.05892, Finch time mixing), one token at a time, in float64:
+    y_t = r_t (S + diag(u) k_t^T v_t), S <- diag(exp(-exp(w_t))) S + k_t^T v_t, for one state S [H, N, N]."""
+    r, k, v, w, u, S = (t.double() for t in (r, k, v, w, u, S.clone()))
+    ys = []
+    for t in range(r.shape[0]):
+        kv = k[t].unsqueeze(-1) * v[t].unsqueeze(-2)
+        ys.append(torch.einsum("hi,hij->hj", r[t], S + u.unsqueeze(-1) * kv))
+        S = torch.exp(-torch.exp(w[t])).unsqueeze(-1) * S + kv
+    return torch.stack(ys), S
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|, in float64 on the CPU."""
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).abs().max() / b.abs().max()).item()
