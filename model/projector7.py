@@ -1,0 +1,74 @@
+"""VisualRWKV-7's projector: optional average pooling of the token grid, then the context-gated MLP
+z = LayerNorm(W_o (f * sigmoid(W_g f))) (github.com/howard-hou/VisualRWKV, VisualRWKV-v7/v7.00/src/model.py:
+`MLPWithContextGating` and `adaptive_pooling`), keys `proj.gate.weight` [D, D], `proj.o_proj.weight` [C, D],
+`proj.ln_v.{weight,bias}` [C]. The linear variant (`proj.weight`, v7's `--proj_type linear`) is the
+LinearProjector of model/projector.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rowwise import linear
+
+LN_EPS = 1e-5
+
+
+class ContextGatedProjector(nn.Module):
+    """[N, D] tower features -> [N, n_embd] language-model rows."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.gate = nn.Linear(in_features, in_features, bias=False)
+        self.o_proj = nn.Linear(in_features, out_features, bias=False)
+        self.ln_v = nn.LayerNorm(out_features, eps=LN_EPS)
+
+    @property
+    def in_features(self) -> int:
+        return self.gate.weight.shape[1]
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Each row on its own (rowwise.linear: the batch never changes a row)."""
+        gated = feats * torch.sigmoid(linear(feats, self.gate.weight))
+        return self.ln_v(linear(gated, self.o_proj.weight))
+
+    @staticmethod
+    def from_weights(weights: dict[str, torch.Tensor]) -> ContextGatedProjector:
+        """Over the checkpoint's `proj.*` tensors (keys without the prefix), assigned, not copied."""
+        want = {"gate.weight", "o_proj.weight", "ln_v.weight", "ln_v.bias"}
+        if weights.keys() != want:
+            raise ValueError(
+                f"context-gated projector: expected proj.{{{', '.join(sorted(want))}}}, got "
+                f"{', '.join('proj.' + k for k in sorted(weights))}"
+            )
+        d = weights["gate.weight"].shape[-1]
+        n_embd = weights["o_proj.weight"].shape[0]
+        shapes = {"gate.weight": (d, d), "o_proj.weight": (n_embd, d), "ln_v.weight": (n_embd,), "ln_v.bias": (n_embd,)}
+        wrong = [f"proj.{k} is {list(weights[k].shape)}, expected {list(s)}" for k, s in shapes.items()]
+        wrong = [w for w, (k, s) in zip(wrong, shapes.items()) if tuple(weights[k].shape) != s]
+        if wrong:
+            raise ValueError(f"context-gated projector: wrong shape: {'; '.join(wrong)}")
+        with torch.device("meta"):
+            proj = ContextGatedProjector(d, n_embd)
+        proj.load_state_dict(weights, assign=True)
+        return proj
+
+
+def adaptive_pool(feats: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """[B, g*g, D] row-major grid -> [B, num_tokens, D] by AdaptiveAvgPool2d(sqrt(num_tokens)), as the reference
+    pools before projecting. The released models keep all 1024 tokens of the 32x32 grid: the identity."""
+    b, t, d = feats.shape
+    if num_tokens == t:
+        return feats
+    g, side = math.isqrt(t), math.isqrt(num_tokens)
+    if g * g != t or side * side != num_tokens or num_tokens > t:
+        raise ValueError(
+            f"image tokens: cannot pool {t} tower tokens to {num_tokens} (both must be square numbers, "
+            f"{num_tokens} <= {t})"
+        )
+    grid = feats.view(b, g, g, d).permute(0, 3, 1, 2)
+    return F.adaptive_avg_pool2d(grid, side).permute(0, 2, 3, 1).reshape(b, num_tokens, d)
