@@ -27,10 +27,11 @@ OPS: dict[str, dict[str, tuple[str, str, str]]] = {
     },
     "wkv7": {
         "torch": ("wkv7.reference", "wkv7_prefill_torch", "wkv7_decode_torch"),
+        "cupy": ("wkv7.cupy", "wkv7_prefill_cupy", "wkv7_decode_cupy"),
     },
 }
 # op -> module whose `probe(device_index, dtype) -> str | None` checks the CuPy kernel on a device
-PROBES: dict[str, str] = {"wkv6": "wkv6.cupy"}
+PROBES: dict[str, str] = {"wkv6": "wkv6.cupy", "wkv7": "wkv7.cupy"}
 
 KERNELS = ("auto", "cupy", "torch")
 BACKENDS = ("cupy", "torch")

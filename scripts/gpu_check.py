@@ -133,6 +133,7 @@ def probe() -> dict:
 def kernel_attributes() -> dict:
     """Registers, local (spill) memory and static shared memory of every entry point as loaded on this device."""
     from visualrwkv_eval.kernels.wkv6 import cupy as wkv6_cupy
+    from visualrwkv_eval.kernels.wkv7 import cupy as wkv7_cupy
 
     out = {}
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -140,12 +141,15 @@ def kernel_attributes() -> dict:
             attrs = wkv6_cupy._module(dtype).get_function(f"wkv6_split{split}").attributes
             keys = ("num_regs", "local_size_bytes", "shared_size_bytes", "max_threads_per_block", "binary_version")
             out[f"{str(dtype).removeprefix('torch.')}/split{split}"] = {k: attrs.get(k) for k in keys}
+        attrs = wkv7_cupy._module(dtype).get_function("wkv7").attributes
+        out[f"wkv7/{str(dtype).removeprefix('torch.')}"] = {k: attrs.get(k) for k in keys}
     return {"entry_points": out}
 
 
 def gpu_tests(budget_s: float, out: Path) -> dict:
     log = out / "pytest_gpu.log"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_kernels.py"]
+    tests = ("tests/test_kernels.py", "tests/test_wkv7_kernels.py")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *tests]
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=budget_s)
         text, code = done.stdout + done.stderr, done.returncode
