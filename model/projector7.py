@@ -72,3 +72,51 @@ def adaptive_pool(feats: torch.Tensor, num_tokens: int) -> torch.Tensor:
         )
     grid = feats.view(b, g, g, d).permute(0, 3, 1, 2)
     return F.adaptive_avg_pool2d(grid, side).permute(0, 2, 3, 1).reshape(b, num_tokens, d)
+
+
+def build_projector(weights: dict[str, torch.Tensor]) -> nn.Module:
+    """The projector a VisualRWKV-7 checkpoint holds, told by its keys: `proj.weight` alone is the linear variant
+    (v7's --proj_type linear), `proj.{gate,o_proj,ln_v}.*` the context-gated MLP of the releases."""
+    if weights.keys() == {"weight"}:
+        from .projector import LinearProjector
+
+        return LinearProjector.from_weights(weights)
+    return ContextGatedProjector.from_weights(weights)
+
+
+def projector_in_features(weights: dict[str, torch.Tensor]) -> int:
+    """The feature width the checkpoint's projector takes (3200 for the releases)."""
+    w = weights.get("weight", weights.get("gate.weight"))
+    if w is None:
+        raise ValueError(
+            f"projector: neither proj.weight nor proj.gate.weight among proj.{{{', '.join(sorted(weights))}}}"
+        )
+    return w.shape[-1]
+
+
+def check_projector(ckpt, vision, tower: str) -> None:
+    """The checkpoint's projector must take the tower's features (ckpt: a Checkpoint with `proj_weights`)."""
+    from .checkpoint import CheckpointError
+
+    d = projector_in_features(ckpt.proj_weights)
+    if d != vision.hidden_size:
+        raise CheckpointError(
+            f"{ckpt.path}: the projector takes {d} features but the vision tower {tower} gives {vision.hidden_size}"
+        )
+
+
+def random_projector_weights(
+    in_features: int, n_embd: int, seed: int = 0, gated: bool = True, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Random `proj.*` tensors (keys without the prefix), deterministic per seed, outputs O(1)."""
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    if not gated:
+        return {"weight": (rand(n_embd, in_features) / math.sqrt(in_features)).to(dtype)}
+    w = {
+        "gate.weight": rand(in_features, in_features) / math.sqrt(in_features),
+        "o_proj.weight": rand(n_embd, in_features) / math.sqrt(in_features),
+        "ln_v.weight": 1 + 0.1 * rand(n_embd),
+        "ln_v.bias": 0.1 * rand(n_embd),
+    }
+    return {k: v.to(dtype) for k, v in w.items()}

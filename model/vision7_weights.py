@@ -235,3 +235,15 @@ def random_tower_state(g: TowerGeometry = TINY, seed: int = 0, dtype: torch.dtyp
             t = t / math.sqrt(math.prod(shape[1:]))
         out[key] = t.to(dtype)
     return out
+
+
+def tiny_image_weights(
+    n_embd: int, seed: int = 0, geometry: TowerGeometry = TINY, dtype: torch.dtype = torch.float32, gated: bool = True
+) -> dict[str, torch.Tensor]:
+    """The image side of a random VisualRWKV-7 checkpoint, keys as in the file: `vit.*` (the three towers) and
+    `proj.*` (the context-gated projector, or `proj.weight` with gated=False). For make-tiny and tests."""
+    from .projector7 import random_projector_weights
+
+    vit = random_tower_state(geometry, seed, dtype)
+    proj = random_projector_weights(geometry.hidden_size, n_embd, seed + 1, gated, dtype)
+    return {f"vit.{k}": v for k, v in vit.items()} | {f"proj.{k}": v for k, v in proj.items()}

@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from visualrwkv_eval.model.projector7 import ContextGatedProjector, adaptive_pool
+from visualrwkv_eval.model.projector7 import (
+    ContextGatedProjector,
+    adaptive_pool,
+    build_projector,
+    projector_in_features,
+)
 from visualrwkv_eval.model.sam import space_to_depth
 from visualrwkv_eval.model.siglip_dino_sam import SigLIPDinoSAMTower, build_tower, normalize, unpack_pixels
 from visualrwkv_eval.model.vision7_files import SOURCES, tower_from_files
@@ -26,6 +31,7 @@ from visualrwkv_eval.model.vision7_weights import (
     expected_shapes,
     geometry_from_state,
     random_tower_state,
+    tiny_image_weights,
 )
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -377,3 +383,22 @@ def test_encoder_files_in_the_reference_layout(tmp_path):
 def test_no_vit_weights_and_no_usable_source_is_a_clear_error():
     with pytest.raises(VisionWeightsError, match=r"holds no vision weights \(vit\.\*\).*vision_tower=hub"):
         build_tower("openai/clip-vit-large-patch14-336", None)
+
+
+def test_tiny_image_side_end_to_end_and_in_bf16():
+    """make-tiny's image weights (vit.* + proj.*) give n_embd-wide rows; the bf16 tower stays within bf16 noise of
+    the fp32 one (no reference exists for the bf16 rounding itself)."""
+    sd = tiny_image_weights(n_embd=64, seed=3)
+    vit = {k[4:]: v for k, v in sd.items() if k.startswith("vit.")}
+    proj = build_projector({k[5:]: v for k, v in sd.items() if k.startswith("proj.")})
+    assert isinstance(proj, ContextGatedProjector) and projector_in_features(proj.state_dict()) == TINY.hidden_size
+    tower = SigLIPDinoSAMTower.from_vit_state(vit)
+    px = tower.preprocess(images()[:2])
+    with torch.no_grad():
+        feats = tower(px)
+        rows = proj(feats.reshape(-1, feats.shape[-1]))
+        half = SigLIPDinoSAMTower.from_vit_state(vit, dtype=torch.bfloat16)(px)
+    assert rows.shape == (32, 64) and torch.isfinite(rows).all()
+    assert half.dtype == torch.bfloat16
+    rel = (half.float() - feats).norm() / feats.norm()
+    assert 0 < rel < 0.03, rel
