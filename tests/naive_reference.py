@@ -9,6 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from visualrwkv_eval.model.tokenizer import STOP_TOKEN
+
 
 def layer_norm(x, sd, name, eps=1e-5):
     return F.layer_norm(x, x.shape[-1:], sd[f"{name}.weight"], sd[f"{name}.bias"], eps)
@@ -92,7 +94,7 @@ def forward_last(sd, x, img_start, P, scan):
     return layer_norm(x[-1], sd, "ln_out") @ sd["head.weight"].T
 
 
-def generate(sd, before, image_rows, after, P, scan, max_new_tokens, stop=261):
+def generate(sd, before, image_rows, after, P, scan, max_new_tokens, stop=STOP_TOKEN):
     """Greedy tokens, re-running the whole sequence for every new token (the reference protocol)."""
     emb = sd["emb.weight"]
     out = []

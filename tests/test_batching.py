@@ -3,9 +3,11 @@ on CPU (fp32), each sequence with its own recurrent state."""
 
 import pytest
 import torch
+from helpers import NEWLINE
 from PIL import Image
 
 from visualrwkv_eval.model import GenerationRequest, generate_batch, rowwise
+from visualrwkv_eval.model.tokenizer import STOP_TOKEN
 
 QUESTIONS = [
     "What color is the square?\nAnswer the question using a single word or phrase.",
@@ -42,7 +44,7 @@ def test_batched_decode_is_bitwise_equal_to_single_decode(tiny_model):
     seqs = embedded(tiny_model, requests(5))
     _, batch_state = tiny_model.prefill(seqs)
     singles = [tiny_model.prefill([s])[1] for s in seqs]
-    tokens = torch.tensor([11, 261, 5585, 33, 42])
+    tokens = torch.tensor([NEWLINE, STOP_TOKEN, 5585, 33, 42])
     for _ in range(4):
         batch_logits = tiny_model.decode(tokens, batch_state)
         for i, st in enumerate(singles):

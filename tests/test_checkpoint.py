@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+from helpers import HEAD_SIZE, VOCAB_SIZE
 from safetensors.torch import save_file
 
 from visualrwkv_eval.model import CheckpointError, RWKV6Config, load_checkpoint, load_model
@@ -33,7 +34,7 @@ def test_dimensions_inferred_from_release_shapes(size, expected):
     sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     cfg = RWKV6Config.from_state_dict(sd)
     assert {k: getattr(cfg, k) for k in expected} == expected
-    assert cfg.head_size == 64 and cfg.vocab_size == 65536
+    assert cfg.head_size == HEAD_SIZE and cfg.vocab_size == VOCAB_SIZE
 
 
 def test_visualrwkv_pth_and_safetensors_load_alike(tmp_path):

@@ -8,6 +8,7 @@ from PIL import Image
 
 from visualrwkv_eval import lmms_model as adapter
 from visualrwkv_eval.model import CheckpointError, GenerationRequest, generate_batch, world_tokenizer
+from visualrwkv_eval.model.tokenizer import STOP_TOKEN
 
 QUESTION = "What color is the square?\nAnswer the question using a single word or phrase."
 
@@ -16,21 +17,21 @@ def test_entry_point_resolves():
     from lmms_eval.models import get_model, list_available_models
 
     assert "visualrwkv" in list_available_models()
-    assert get_model("visualrwkv") is adapter.VisualRWKV
+    assert get_model("visualrwkv") is adapter.VisualRWKVLmms
 
 
 def test_unknown_model_arg_lists_the_valid_ones(demo_dir):
     with pytest.raises(ValueError, match=r"unknown model_args \['temprature'\]; valid model_args: pretrained, "):
-        adapter.VisualRWKV(pretrained=str(demo_dir / "tiny" / "model.pth"), temprature=0)
+        adapter.VisualRWKVLmms(pretrained=str(demo_dir / "tiny" / "model.pth"), temprature=0)
 
 
 def test_batch_size_auto_and_cap(demo_dir):
     args = dict(pretrained=str(demo_dir / "tiny" / "model.pth"), vision_tower=str(demo_dir / "tiny" / "vision_tower"))
-    auto = adapter.VisualRWKV(**args, batch_size="auto")
+    auto = adapter.VisualRWKVLmms(**args, batch_size="auto")
     assert 1 <= auto.batch_size <= adapter.AUTO_BATCH_CAP
-    assert adapter.VisualRWKV(**args, batch_size="auto", max_batch_size=3).batch_size == min(3, auto.batch_size)
-    assert adapter.VisualRWKV(**args, batch_size="500").batch_size == 500
-    assert adapter.VisualRWKV(**args, batch_size=500, max_batch_size=7).batch_size == 7
+    assert adapter.VisualRWKVLmms(**args, batch_size="auto", max_batch_size=3).batch_size == min(3, auto.batch_size)
+    assert adapter.VisualRWKVLmms(**args, batch_size="500").batch_size == 500
+    assert adapter.VisualRWKVLmms(**args, batch_size=500, max_batch_size=7).batch_size == 7
 
 
 def test_missing_checkpoint_fails_before_any_data_set_loads(tmp_path):
@@ -47,7 +48,7 @@ def test_missing_checkpoint_fails_before_any_data_set_loads(tmp_path):
 
 def test_missing_vision_tower_names_its_path(demo_dir, tmp_path):
     with pytest.raises(ValueError, match=f"vision tower {tmp_path / 'nope'}: missing config.json"):
-        adapter.VisualRWKV(pretrained=str(demo_dir / "tiny" / "model.pth"), vision_tower=str(tmp_path / "nope"))
+        adapter.VisualRWKVLmms(pretrained=str(demo_dir / "tiny" / "model.pth"), vision_tower=str(tmp_path / "nope"))
 
 
 def colour_image(seed: int) -> Image.Image:
@@ -151,8 +152,8 @@ def test_multi_round_reuses_the_state(lmms_model):
     first = generate_batch(model, [GenerationRequest(QUESTION, image, 10)])[0]
     assert rounds[0] == first.text
     # the same conversation read from scratch: prompt, answer, "\n\n", next user turn, "Assistant:"
-    closing = first.new_tokens + [261] if len(first.new_tokens) == 10 else first.new_tokens
-    closing = closing + ([261] if closing[-1:] != [261] else [])
+    closing = first.new_tokens + [STOP_TOKEN] if len(first.new_tokens) == 10 else first.new_tokens
+    closing = closing + ([STOP_TOKEN] if closing[-1:] != [STOP_TOKEN] else [])
     ids = model.prompt(QUESTION, True)
     feats = model.encode_images([image])[0]
     rows, first_patch = model.embed(ids, feats)
@@ -162,7 +163,7 @@ def test_multi_round_reuses_the_state(lmms_model):
     answer = []
     for _ in range(10):
         token = int(logits.argmax())
-        if token == 261:
+        if token == STOP_TOKEN:
             break
         answer.append(token)
         logits = model.decode(torch.tensor([token]), state)[0]

@@ -1,9 +1,10 @@
 """Prompt templates reproduce the reference's exact strings (spec 3.2) and tokenisation (spec 3.3)."""
 
 import pytest
+from helpers import NEWLINE
 
 from visualrwkv_eval.model.prompt import prompt_ids, user_turn
-from visualrwkv_eval.model.tokenizer import world_tokenizer
+from visualrwkv_eval.model.tokenizer import STOP_TOKEN, world_tokenizer
 
 GQA = "Is the sky dark?\nAnswer the question using a single word or phrase."
 
@@ -42,7 +43,7 @@ def test_each_chunk_and_turn_tokenised_separately():
     tok = world_tokenizer()
     ids = prompt_ids(tok, GQA, True, "middle")
     assert ids.before == [24281, 59, 3917, 22590, 22485, 30575, 64, 11]
-    assert ids.after[0] == 11 and ids.after[-4:] == [261, 5585, 41693, 59]
+    assert ids.after[0] == NEWLINE and ids.after[-4:] == [STOP_TOKEN, 5585, 41693, 59]  # ..., Assistant:
     first = prompt_ids(tok, GQA, True, "first")
     assert first.before == [24281, 59, 33]  # "User: " with the space as its own token before the image
     text_only = prompt_ids(tok, "Hello there", False)

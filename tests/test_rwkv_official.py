@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from helpers import VOCAB_SIZE
 
 from visualrwkv_eval.model import RWKV6Config, load_model
 from visualrwkv_eval.model.tiny import random_rwkv_weights
@@ -33,5 +34,5 @@ def test_text_logits_match_official_rwkv(name, tmp_path):
     ids = ours.tokenizer.encode(TEXT)
     expected, _ = official.forward(ids, None, full_output=True)
     got = ours.text_logits(ids)
-    assert got.shape == expected.shape == (len(ids), 65536)
+    assert got.shape == expected.shape == (len(ids), VOCAB_SIZE)
     assert (got - expected).abs().max().item() <= 1e-4

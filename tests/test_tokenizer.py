@@ -1,6 +1,7 @@
 """The World tokenizer reproduces the reference ids and round-trips any text."""
 
 import pytest
+from helpers import IMAGE_TOKEN_INDEX, NEWLINE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +12,7 @@ tok = world_tokenizer()
 
 def test_spec_ids():
     assert tok.encode("User: ") == [24281, 59, 33]
-    assert tok.encode("\n") == [11]
+    assert tok.encode("\n") == [NEWLINE] == [11]
     assert tok.encode("\n\n") == [STOP_TOKEN] == [261]
     assert tok.encode("Assistant:") == [5585, 41693, 59]
     assert tok.encode(" Yes") == [21186] and tok.encode("Yes") == [6831]
@@ -19,8 +20,9 @@ def test_spec_ids():
 
 
 def test_sandwich_gqa_example_ids():
-    # spec 3.3: the 30 verified ids of the middle-position GQA prompt, -200 standing for the image
-    ids = tok.encode("User: Is the sky dark?\n") + [-200]
+    # the 30 ids of the middle-position (sandwich) GQA prompt as the reference builds it (VisualRWKV-v6/v6.0/
+    # evaluate.py), its IMAGE_TOKEN_INDEX (-200) standing for the image
+    ids = tok.encode("User: Is the sky dark?\n") + [IMAGE_TOKEN_INDEX]
     ids += tok.encode("\nIs the sky dark?\nAnswer the question using a single word or phrase.\n\n")
     ids += tok.encode("Assistant:")
     assert ids == [24281, 59, 3917, 22590, 22485, 30575, 64, 11, -200, 11, 1140, 22590, 22485, 30575, 64, 11,
