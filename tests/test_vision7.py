@@ -402,3 +402,44 @@ def test_tiny_image_side_end_to_end_and_in_bf16():
     assert half.dtype == torch.bfloat16
     rel = (half.float() - feats).norm() / feats.norm()
     assert 0 < rel < 0.03, rel
+
+
+def test_sam_from_transformers_weights_equals_transformers_sam(tmp_path):
+    """The fallback reads transformers' SamModel weights (facebook/sam-vit-base's format) into the reference's
+    names; the SAM encoder here then gives transformers' SamVisionModel neck output (float64, eager)."""
+    from safetensors.torch import save_file
+    from transformers import SamVisionConfig, SamVisionModel
+
+    g = TINY.sam
+    cfg = SamVisionConfig(
+        hidden_size=g.hidden, output_channels=g.out_chans, num_hidden_layers=g.depth, num_attention_heads=g.heads,
+        image_size=g.image_size, patch_size=g.patch_size, window_size=g.window, global_attn_indexes=list(g.global_blocks),
+        mlp_dim=g.mlp, layer_norm_eps=1e-6, hidden_act="gelu", attn_implementation="eager",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = SamVisionModel(cfg).double().eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():  # SAM initialises the position tables to zero: make them count
+            p.copy_(
+                torch.randn_like(p) / math.sqrt(p.shape[-1] if p.ndim > 1 else 1)
+                + (name.endswith("weight") and p.ndim == 1)
+            )
+    want = random_tower_state(TINY, seed=3)
+    for tower, sd in (
+        (DINO, sub(want, DINO)),
+        (SIGLIP, {"visual.trunk." + k: v for k, v in sub(want, SIGLIP).items()}),
+    ):
+        repo, names = SOURCES[tower]
+        (tmp_path / repo).mkdir(parents=True)
+        torch.save(sd, tmp_path / repo / names[-1])
+    (tmp_path / SOURCES[SAM][0]).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / SOURCES[SAM][0] / "model.safetensors")
+    assert all(k.startswith("vision_encoder.") for k in hf.state_dict())
+    vit = tower_from_files(str(tmp_path), TINY)
+    tower = SigLIPDinoSAMTower.from_vit_state(vit, dtype=torch.float64)
+    px = torch.randn(2, 3, g.image_size, g.image_size, dtype=torch.float64)
+    with torch.no_grad():
+        got, ref = tower.sam(px), hf(pixel_values=px).last_hidden_state
+    # transformers' SAM computes its softmax in fp32 even for float64 inputs: agreement to ~1e-7, not 1e-15
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert ref.std() > 0.5
