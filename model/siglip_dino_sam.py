@@ -46,6 +46,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 LN_EPS = 1e-6
+SAM_BATCH = 4
 
 
 def pack_pixels(vit: torch.Tensor, sam: torch.Tensor) -> torch.Tensor:
@@ -279,7 +280,9 @@ class SigLIPDinoSAMTower(nn.Module):
 
     def sam_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] normalised -> [B, (g/2)^2, 4 * out_chans]: neck output after 2x2 space-to-depth."""
-        return space_to_depth(self.sam(pixels))
+        # SAM's global blocks hold [heads, 4096, 4096] scores (and two temporaries) per image: 4 images at a time
+        # keep that near 3 GB in bf16 whatever the batch
+        return torch.cat([space_to_depth(self.sam(part)) for part in pixels.split(SAM_BATCH)])
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels from preprocess (any dtype) -> [B, num_tokens, hidden_size] in the tower's dtype."""

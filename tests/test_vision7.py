@@ -443,3 +443,16 @@ def test_sam_from_transformers_weights_equals_transformers_sam(tmp_path):
     # transformers' SAM computes its softmax in fp32 even for float64 inputs: agreement to ~1e-7, not 1e-15
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert ref.std() > 0.5
+
+
+def test_sam_runs_in_groups_of_images_without_changing_them(monkeypatch):
+    import visualrwkv_eval.model.siglip_dino_sam as tower_module
+
+    tower = SigLIPDinoSAMTower.from_vit_state(random_tower_state(TINY, seed=8), dtype=torch.float64)
+    x = torch.randn(3, 3, 128, 128, dtype=torch.float64)
+    monkeypatch.setattr(tower_module, "SAM_BATCH", 2)
+    with torch.no_grad():
+        grouped = tower.sam_features(x)
+        alone = torch.cat([space_to_depth(tower.sam(x[i : i + 1])) for i in range(3)])
+    assert grouped.shape == (3, 16, 64)
+    torch.testing.assert_close(grouped, alone, rtol=1e-12, atol=1e-12)
