@@ -1,7 +1,9 @@
-"""The VisualRWKV-6 model in pure PyTorch (no lmms-eval imports): `load_model` is the entry point."""
+"""VisualRWKV in pure PyTorch (no lmms-eval imports): `load_model` is the entry point; model/families.py says
+which parts each checkpoint family is built from (docs/architecture.md)."""
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, Family
 from .config import RWKV6Config
+from .families import FAMILIES, Recipe, load_checkpoint
 from .generate import (
     BatchStats,
     Conversation,
@@ -11,6 +13,7 @@ from .generate import (
     continue_batch,
     generate_batch,
     loglikelihood_batch,
+    start_conversation,
 )
 from .tokenizer import WorldTokenizer, world_tokenizer
 from .vision import VisionTowerError
@@ -18,13 +21,16 @@ from .visualrwkv import DEFAULT_VISION_TOWER, VisualRWKV, load_model
 
 __all__ = [
     "DEFAULT_VISION_TOWER",
+    "FAMILIES",
     "BatchStats",
     "CheckpointError",
     "Conversation",
+    "Family",
     "Generation",
     "GenerationRequest",
     "NonFiniteLogitsError",
     "RWKV6Config",
+    "Recipe",
     "VisionTowerError",
     "VisualRWKV",
     "WorldTokenizer",
@@ -33,5 +39,6 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "loglikelihood_batch",
+    "start_conversation",
     "world_tokenizer",
 ]

@@ -1,8 +1,10 @@
-"""Reading VisualRWKV / RWKV-LM checkpoints without unpickling code, splitting and validating their keys.
+"""Reading VisualRWKV / RWKV-LM checkpoints without unpickling code, splitting and validating their keys, and
+telling their family (`Family`: name and version; model/families.py maps it to the model's parts).
 
-A VisualRWKV .pth (the trainer's state_dict) holds three families (spec 1.6): `rwkv.*` (an RWKV-LM state
-dict), `proj.weight` and `vit.vision_model.*` (the frozen CLIP tower, possibly absent). A plain RWKV-LM
-x060 file holds the `rwkv.*` family without its prefix.
+A VisualRWKV .pth (the trainer's state_dict; github.com/howard-hou/VisualRWKV, VisualRWKV-v6/v6.0/src/model.py)
+holds three groups of keys: `rwkv.*` (an RWKV-LM state dict), `proj.*` (the projector: `proj.weight` for
+VisualRWKV-6) and `vit.*` (the frozen vision tower, possibly absent). A plain RWKV-LM file holds the `rwkv.*`
+group without its prefix.
 """
 
 from __future__ import annotations
@@ -20,20 +22,38 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
+@dataclass(frozen=True)
+class Family:
+    """What a checkpoint is: "visualrwkv" (rwkv.*, proj.*, vit.* keys) or "rwkv" (a plain RWKV-LM file), and
+    the RWKV generation of its language model (6 for x060; 0 when no RWKV blocks were found)."""
+
+    name: str
+    version: int
+
+
+RWKV_VERSIONS = {"x040": 4, "x050": 5, "x052": 5, "x060": 6, "x070": 7, "unknown": 0}
+
+
 @dataclass
 class Checkpoint:
     path: Path
-    config: RWKV6Config
+    family: Family
+    config: object  # the family's language-model config (RWKV6Config for version 6)
     rwkv: dict[str, torch.Tensor]  # RWKV-LM keys, no prefix
-    proj: torch.Tensor | None  # [n_embd, vision_hidden]; None for a plain RWKV-LM file
-    vit: dict[str, torch.Tensor] = field(default_factory=dict)  # CLIPVisionModel keys ("vision_model.*")
+    proj_weights: dict[str, torch.Tensor]  # the projector's keys without "proj."; empty for a plain RWKV-LM file
+    vit: dict[str, torch.Tensor] = field(default_factory=dict)  # the tower's keys (CLIP: "vision_model.*")
+
+    @property
+    def proj(self) -> torch.Tensor | None:
+        """VisualRWKV-6's projector weight [n_embd, vision_hidden]; None for a plain RWKV-LM file."""
+        return self.proj_weights.get("weight")
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor under its name in the file."""
-        if self.proj is None:
+        if self.family.name == "rwkv":
             return dict(self.rwkv)
         named = {f"rwkv.{k}": v for k, v in self.rwkv.items()} | {f"vit.{k}": v for k, v in self.vit.items()}
-        return named | {"proj.weight": self.proj}
+        return named | {f"proj.{k}": v for k, v in self.proj_weights.items()}
 
 
 def _few(keys, n: int = 5) -> str:
@@ -151,18 +171,37 @@ def detect_rwkv_version(keys) -> str:
 
 
 def split_families(sd: dict[str, torch.Tensor], path: Path):
-    """(rwkv, proj, vit) from a VisualRWKV or plain RWKV-LM state dict."""
+    """(rwkv, proj, vit) key groups, prefixes removed, from a VisualRWKV or plain RWKV-LM state dict (proj is
+    empty for the latter)."""
     if any(k.startswith("rwkv.") for k in sd):
         rwkv = {k[5:]: v for k, v in sd.items() if k.startswith("rwkv.")}
         vit = {k[4:]: v for k, v in sd.items() if k.startswith("vit.")}
-        proj = sd.get("proj.weight")
-        other = [k for k in sd if not k.startswith(("rwkv.", "vit.")) and k != "proj.weight"]
+        proj = {k[5:]: v for k, v in sd.items() if k.startswith("proj.")}
+        other = [k for k in sd if not k.startswith(("rwkv.", "vit.", "proj."))]
         if other:
             raise CheckpointError(f"{path}: unexpected keys outside rwkv.*, proj.weight, vit.*: {_few(other)}")
-        if proj is None:
+        if not proj:
             raise CheckpointError(f"{path}: VisualRWKV checkpoint without proj.weight (the image projector)")
         return rwkv, proj, vit
-    return dict(sd), None, {}
+    return dict(sd), {}, {}
+
+
+def read_checkpoint(path: str | Path):
+    """(path, family, rwkv, proj, vit, the whole state dict): read and split, nothing checked but the keys'
+    grouping. The family's own checks follow (model/families.py, load_checkpoint)."""
+    path = Path(path).expanduser()
+    sd = read_state_dict(path)
+    rwkv, proj, vit = split_families(sd, path)
+    version = RWKV_VERSIONS[detect_rwkv_version(rwkv)]
+    return path, Family("visualrwkv" if proj else "rwkv", version), rwkv, proj, vit, sd
+
+
+def check_float(sd: dict[str, torch.Tensor], path: Path) -> None:
+    not_float = _not_float(sd)
+    if not_float:
+        raise CheckpointError(
+            f"{path}: tensors of a non-floating dtype: {_few(not_float)}; weights must be float32, bfloat16 or float16"
+        )
 
 
 def _not_float(sd: dict[str, torch.Tensor]) -> list[str]:
@@ -200,25 +239,8 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
         )
 
 
-def load_checkpoint(path: str | Path, check_values: bool = True) -> Checkpoint:
-    """Read, split and validate a VisualRWKV v6 (or plain RWKV-LM x060) checkpoint.
-
-    Refused: files that are no checkpoint (with what they are), other RWKV generations, missing, unexpected
-    or misshapen keys, non-float tensors, vocabularies the World tokenizer cannot serve, and with
-    `check_values` NaN / inf weights (load_model checks those itself, on the converted weights).
-    """
-    path = Path(path).expanduser()
-    sd = read_state_dict(path)
-    rwkv, proj, vit = split_families(sd, path)
-    version = detect_rwkv_version(rwkv)
-    if version != "x060":
-        what = "no RWKV blocks found" if version == "unknown" else f"detected RWKV {version}"
-        raise CheckpointError(f"{path}: not an RWKV-6 (x060) checkpoint: {what}; VisualRWKV v6 needs x060 weights")
-    not_float = _not_float(sd)
-    if not_float:
-        raise CheckpointError(
-            f"{path}: tensors of a non-floating dtype: {_few(not_float)}; weights must be float32, bfloat16 or float16"
-        )
+def rwkv6_config(path: Path, rwkv: dict[str, torch.Tensor], proj: dict[str, torch.Tensor]) -> RWKV6Config:
+    """The RWKV-6 config of an x060 language model, every key and shape checked (and VisualRWKV-6's projector)."""
     try:
         config = RWKV6Config.from_state_dict(rwkv)
     except KeyError as e:
@@ -238,8 +260,10 @@ def load_checkpoint(path: str | Path, check_values: bool = True) -> Checkpoint:
     wrong = [f"{k} {tuple(rwkv[k].shape)} != {shape}" for k, shape in expected.items() if rwkv[k].shape != shape]
     if wrong:
         raise CheckpointError(f"{path}: shape mismatch for {config}: {_few(wrong, 3)}")
-    if proj is not None and (proj.ndim != 2 or proj.shape[0] != config.n_embd):
-        raise CheckpointError(f"{path}: proj.weight has shape {tuple(proj.shape)}; expected [{config.n_embd}, D]")
-    if check_values:
-        check_finite(sd, str(path))
-    return Checkpoint(path=path, config=config, rwkv=rwkv, proj=proj, vit=vit)
+    if proj:
+        weight, other = proj.get("weight"), sorted(proj.keys() - {"weight"})
+        if other:
+            raise CheckpointError(f"{path}: unexpected keys outside rwkv.*, proj.weight, vit.*: {_few(other)}")
+        if weight.ndim != 2 or weight.shape[0] != config.n_embd:
+            raise CheckpointError(f"{path}: proj.weight has shape {tuple(weight.shape)}; expected [{config.n_embd}, D]")
+    return config

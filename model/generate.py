@@ -11,14 +11,17 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from .prompt import user_turn
-from .rwkv6 import RecurrentState
 from .tokenizer import STOP_TOKEN
-from .visualrwkv import VisualRWKV
+
+if TYPE_CHECKING:  # annotations only: visualrwkv.py imports this module (VisualRWKV.generate)
+    from .language_model import State
+    from .visualrwkv import VisualRWKV
 
 
 @dataclass
@@ -105,9 +108,18 @@ class BatchStats:
 class Conversation:
     """Recurrent states after a batch of answers, ready for a further user turn."""
 
-    state: RecurrentState  # one sequence per request that ran
-    rows: list[int]  # request index -> row of `state`
+    state: State  # one sequence per request that ran
+    rows: list[int]  # request index -> row of `state` (-1: no state: it failed or has ended)
     pending: list[list[int]] = field(default_factory=list)  # generated tokens the state has not consumed yet
+
+    def end(self, request: int) -> None:
+        """Conversation `request` is over: later turns skip it (continue_batch answers it with an error)."""
+        self.rows[request] = -1
+
+    @property
+    def ongoing(self) -> list[int]:
+        """The requests that can take a further turn."""
+        return [i for i, row in enumerate(self.rows) if row >= 0]
 
 
 def answer_text(model: VisualRWKV, ids: list[int], until: tuple[str, ...]) -> str:
@@ -173,12 +185,12 @@ def _hit_until(model: VisualRWKV, ids: list[int], until: tuple[str, ...]) -> boo
     return any(s and s.encode("utf-8") in tail for s in until)
 
 
-def _decode(model: VisualRWKV, requests, logits: torch.Tensor, state: RecurrentState, keep_state: bool):
+def _decode(model: VisualRWKV, requests, logits: torch.Tensor, state: State, keep_state: bool):
     """Decode all sequences together, dropping each as it finishes. Returns the new tokens per request and,
     with `keep_state`, each sequence's final state and the tokens it has not consumed."""
     generators = [torch.Generator().manual_seed(r.seed) for r in requests]
     outputs: list[list[int]] = [[] for _ in requests]
-    finals: list[RecurrentState | None] = [None] * len(requests)
+    finals: list[State | None] = [None] * len(requests)
     pending: list[list[int]] = [[] for _ in requests]
     active = list(range(len(requests)))
     while active:
@@ -225,18 +237,27 @@ def _answer(
     if not keep_state:
         return None
     rows = {i: j for j, i in enumerate(ok)}
-    return Conversation(RecurrentState.cat(finals), [rows.get(i, -1) for i in range(len(requests))], pending)
+    return Conversation(type(finals[0]).cat(finals), [rows.get(i, -1) for i in range(len(requests))], pending)
 
 
 @torch.inference_mode()
 def generate_batch(
-    model: VisualRWKV, requests: list[GenerationRequest], keep_state: bool = False, stats: BatchStats | None = None
-) -> list[Generation] | tuple[list[Generation], Conversation]:
+    model: VisualRWKV, requests: list[GenerationRequest], stats: BatchStats | None = None
+) -> list[Generation]:
     """Answer every request; the batch never changes any answer (each sequence keeps its own state).
+    `stats` receives the time spent in prefill (image encoding included) and in decode."""
+    return _first_turn(model, requests, False, stats)[0]
 
-    With `keep_state`, also returns the `Conversation` to continue with `continue_batch`; `stats` receives
-    the time spent in prefill (image encoding included) and in decode.
-    """
+
+@torch.inference_mode()
+def start_conversation(
+    model: VisualRWKV, requests: list[GenerationRequest], stats: BatchStats | None = None
+) -> tuple[list[Generation], Conversation]:
+    """As generate_batch, and the `Conversation` to continue with `continue_batch`."""
+    return _first_turn(model, requests, True, stats)
+
+
+def _first_turn(model: VisualRWKV, requests, keep_state: bool, stats: BatchStats | None):
     stats = stats or BatchStats()
     start = stats.clock(model.device)
     feats, errors = image_features(model, [r.visual for r in requests])
@@ -248,12 +269,12 @@ def generate_batch(
         conversation = _answer(model, requests, ok, seqs, None, keep_state, results, stats)
     else:  # every image failed: nothing ran, nothing to continue
         conversation = Conversation(model.new_state(0), [-1] * len(requests))
-    return (results, conversation) if keep_state else results
+    return results, conversation
 
 
 @torch.inference_mode()
 def continue_batch(
-    model: VisualRWKV, conversation: Conversation, requests: list[GenerationRequest]
+    model: VisualRWKV, conversation: Conversation, requests: list[GenerationRequest], stats: BatchStats | None = None
 ) -> tuple[list[Generation], Conversation]:
     """A further user turn (request.context) for each conversation, prefilled on top of its state.
 
@@ -261,18 +282,18 @@ def continue_batch(
     turns are not supported (the reference takes one image per conversation).
     """
     tok = model.tokenizer
-    ok = [i for i, row in enumerate(conversation.rows) if row >= 0]
+    ok = conversation.ongoing
     seqs = []
     for i in ok:
         pending = conversation.pending[conversation.rows[i]]
         closing = pending if pending == [STOP_TOKEN] else [*pending, STOP_TOKEN]
         ids = closing + tok.encode(user_turn(requests[i].context, False)) + tok.encode("Assistant:")
-        seqs.append((model.rwkv.emb(torch.tensor(ids, device=model.device)), None))
+        seqs.append((model.embed_tokens(ids), None))
     results = [Generation("", 0, [], "no earlier turn to continue") for _ in requests]
     if not ok:
         return results, conversation
     state = conversation.state.select([conversation.rows[i] for i in ok])
-    return results, _answer(model, requests, ok, seqs, state, True, results, BatchStats())
+    return results, _answer(model, requests, ok, seqs, state, True, results, stats or BatchStats())
 
 
 @torch.inference_mode()
@@ -289,7 +310,7 @@ def loglikelihood_batch(
     for (context, continuation, _), img in zip(requests, feats):
         prompt_rows, first_patch = model.embed(model.prompt(context, img is not None), img)
         cont = model.tokenizer.encode(continuation)
-        cont_rows = model.rwkv.emb(torch.tensor(cont, dtype=torch.long, device=model.device))
+        cont_rows = model.embed_tokens(cont)
         seqs.append((torch.cat([prompt_rows, cont_rows]), first_patch))
         n = prompt_rows.shape[0]
         rows.append(list(range(n - 1, n - 1 + len(cont))))

@@ -1,7 +1,9 @@
-"""Prompt templates of the reference (spec 3): where the image goes, and how the prompt is tokenised.
+"""Prompts as segments (token ids and image slots), and VisualRWKV-6's template: where the image goes, and how
+the prompt is tokenised (github.com/howard-hou/VisualRWKV, VisualRWKV-v6/v6.0/src/dataset.py and evaluate.py).
 
 One user turn and an empty assistant turn: "User: {value}\n\n" + "Assistant:". Each turn, and inside a
-turn each chunk around the image, is tokenised on its own and the ids are concatenated.
+turn each chunk around the image, is tokenised on its own and the ids are concatenated. A `Prompt` may hold
+several image slots; VisualRWKV-6's template uses at most one.
 """
 
 from __future__ import annotations
@@ -17,12 +19,46 @@ SHORT_ANSWER = "Answer the question using a single word or phrase."
 
 
 @dataclass(frozen=True)
-class PromptIds:
-    """Token ids before and after the image slot (`has_image` False: text only, all ids in `after`)."""
+class ImageSlot:
+    """Where image number `index` of the request goes (its projected features fill the slot)."""
 
-    before: list[int]
-    after: list[int]
-    has_image: bool
+    index: int
+
+
+Segment = list[int] | ImageSlot
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as segments in order: token-id lists and image slots."""
+
+    segments: tuple[Segment, ...]
+
+    @property
+    def num_images(self) -> int:
+        return sum(isinstance(s, ImageSlot) for s in self.segments)
+
+    @property
+    def has_image(self) -> bool:
+        return self.num_images > 0
+
+    @property
+    def before(self) -> list[int]:
+        """Ids before the first image slot ([] without an image: every id is in `after`)."""
+        if not self.has_image:
+            return []
+        first = next(i for i, s in enumerate(self.segments) if isinstance(s, ImageSlot))
+        return [t for s in self.segments[:first] for t in s]
+
+    @property
+    def after(self) -> list[int]:
+        """Ids after the last image slot (all ids without an image)."""
+        slots = [i for i, s in enumerate(self.segments) if isinstance(s, ImageSlot)]
+        rest = self.segments[slots[-1] + 1 :] if slots else self.segments
+        return [t for s in rest for t in s]
+
+
+PromptIds = Prompt  # the one-image view (before, after, has_image) that older code reads
 
 
 def _clean(text: str) -> str:
@@ -44,11 +80,11 @@ def user_turn(question: str, has_image: bool, position: str = "middle") -> str:
     return f"User: {value}\n\n"
 
 
-def prompt_ids(tokenizer: WorldTokenizer, question: str, has_image: bool, position: str = "middle") -> PromptIds:
-    """Ids of a one-turn prompt ending in "Assistant:", split at the image slot."""
+def prompt_ids(tokenizer: WorldTokenizer, question: str, has_image: bool, position: str = "middle") -> Prompt:
+    """VisualRWKV-6's one-turn prompt ending in "Assistant:": [ids, image, ids] (or [ids] without an image)."""
     chunks = user_turn(question, has_image, position).split(IMAGE)
     assistant = tokenizer.encode("Assistant:")
     if not has_image:
-        return PromptIds([], tokenizer.encode(chunks[0]) + assistant, False)
+        return Prompt((tokenizer.encode(chunks[0]) + assistant,))
     before, after = (tokenizer.encode(c) for c in chunks)
-    return PromptIds(before, after + assistant, True)
+    return Prompt((before, ImageSlot(0), after + assistant))

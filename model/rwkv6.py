@@ -1,22 +1,32 @@
-"""RWKV-6 "Finch" (x060) language model over packed sequences, faithful to RWKV-LM (spec 1.4, 4.3).
+"""RWKV-6 "Finch" (x060) language model over packed sequences (arXiv 2404.05892), faithful to RWKV-LM
+(github.com/BlinkDL/RWKV-LM, RWKV-v5/src/model.py: RWKV_Tmix_x060, RWKV_CMix_x060) and to the `rwkv` pip
+package's RWKV_x060 inference.
 
 All blocks work on a packed batch: rows [T_total, C] holding B sequences one after another, described by
 `Packing`. Every sequence carries its own recurrent state (`RecurrentState`), so packing never changes a
 sequence's result. A decode step is the same code with every sequence one row long.
+
+The language-model interface that VisualRWKV drives (model/language_model.py): `embed_tokens`, `new_state`,
+`use_backend`, `cpu_layout_`, `block` (one layer, with a per-row carry between layers: none for RWKV-6) and
+`logits`. The image scan is not done here: VisualRWKV reorders the rows around `block` (model/scan.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visualrwkv_eval.kernels import wkv6_decode, wkv6_prefill
+from visualrwkv_eval import kernels
 
 from .config import HEAD_SIZE_DIVISOR, RWKV6Config
 from .rowwise import bmm, column_major_, linear, matmul
+
+WKV = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]  # (prefill, decode), kernels.get
+Carry = tuple[torch.Tensor, ...]  # per-row tensors [T, ...] handed from one layer to the next
 
 
 @dataclass
@@ -67,6 +77,11 @@ class RecurrentState:
     @property
     def batch_size(self) -> int:
         return self.wkv.shape[1]
+
+    @property
+    def bytes_per_sequence(self) -> int:
+        """Memory the state of one sequence takes (also on a meta-device state)."""
+        return sum(t[:, :1].nbytes for t in (self.att_shift, self.wkv, self.ffn_shift))
 
     def select(self, index: torch.Tensor | list[int]) -> RecurrentState:
         """The states of the sequences at `index`, as a new (copied) state."""
@@ -119,8 +134,9 @@ class TimeMix(nn.Module):
         maa = torch.cat((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
         return (x + xx * (maa + m)).unbind(0)  # the five lerps as three ops (fewer calls per decode step)
 
-    def forward(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor, pack: Packing, backend: str):
-        """x [T, C] (ln1 output) -> [T, C]; updates `shift` [B, C] and `wkv` [B, H, N, N] in place."""
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor, pack: Packing, kernel: WKV):
+        """x [T, C] (ln1 output) -> [T, C]; updates `shift` [B, C] and `wkv` [B, H, N, N] in place. `kernel`:
+        the (prefill, decode) WKV6 implementations (kernels.get)."""
         T, H, N, one = x.shape[0], self.n_head, self.head_size, pack.decode  # decode: 1-row products
         xw, xk, xv, xr, xg = self.ddlerp(x, token_shift(x, shift, pack) - x, one)
         shift.copy_(pack.last_rows(x))
@@ -131,10 +147,7 @@ class TimeMix(nn.Module):
         w = self.time_decay.view(-1) + lora
         heads = (T, H, N)
         args = (r.view(heads), k.view(heads), v.view(heads), w.view(heads), self.time_faaaa, wkv)
-        if pack.decode:
-            y = wkv6_decode(*args, backend=backend)
-        else:
-            y = wkv6_prefill(*args, pack.cu_seqlens, backend=backend)
+        y = kernel[1](*args) if pack.decode else kernel[0](*args, pack.cu_seqlens)
         return linear(self.ln_x(y.view(T, H * N)) * g, self.output.weight, one)
 
 
@@ -165,14 +178,16 @@ class Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
         self.att, self.ffn = TimeMix(cfg), ChannelMix(cfg)
 
-    def forward(self, x: torch.Tensor, state: RecurrentState, layer: int, pack: Packing, backend: str):
+    def forward(self, x: torch.Tensor, state: RecurrentState, layer: int, pack: Packing, kernel: WKV):
         if self.ln0 is not None:
             x = self.ln0(x)
-        x = x + self.att(self.ln1(x), state.att_shift[layer], state.wkv[layer], pack, backend)
+        x = x + self.att(self.ln1(x), state.att_shift[layer], state.wkv[layer], pack, kernel)
         return x + self.ffn(self.ln2(x), state.ffn_shift[layer], pack)
 
 
 class RWKV6(nn.Module):
+    wkv_op = "wkv6"  # the kernels registry's operation (kernels.get)
+
     def __init__(self, cfg: RWKV6Config):
         super().__init__()
         self.config = cfg
@@ -180,24 +195,33 @@ class RWKV6(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.wkv_kernel: WKV = kernels.get(self.wkv_op, "torch")
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        state: RecurrentState,
-        pack: Packing,
-        orders: list[torch.Tensor | None] | None = None,
-        backend: str = "torch",
-    ) -> torch.Tensor:
-        """Embeddings [T, C] -> final hidden rows [T, C], layer by layer; `orders[i]` is the row order in
-        which layer i reads the sequence (the image scan), undone after the layer."""
+    def use_backend(self, backend: str) -> None:
+        """Run the WKV recurrence on `backend` ("torch" | "cupy", as kernels.resolve_backend decides)."""
+        self.wkv_kernel = kernels.get(self.wkv_op, backend)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [T] -> rows [T, C]."""
+        return self.emb(ids)
+
+    def new_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> RecurrentState:
+        w = self.head.weight
+        return RecurrentState.zeros(self.config, batch, dtype or w.dtype, device or w.device)
+
+    def block(
+        self, layer: int, x: torch.Tensor, state: RecurrentState, pack: Packing, carry: Carry = ()
+    ) -> tuple[torch.Tensor, Carry]:
+        """Rows [T, C] through layer `layer` -> (rows, carry). The carry holds per-row tensors [T, ...] that a
+        layer hands to the next (RWKV-6: none); a scan reorders them with the rows."""
+        return self.blocks[layer](x, state, layer, pack, self.wkv_kernel), carry
+
+    def forward(self, x: torch.Tensor, state: RecurrentState, pack: Packing) -> torch.Tensor:
+        """Embeddings [T, C] -> final hidden rows [T, C], every layer in row order (no image scan)."""
         self.cpu_layout_()
-        for i, block in enumerate(self.blocks):
-            order = None if orders is None else orders[i]
-            if order is None:
-                x = block(x, state, i, pack, backend)
-            else:
-                x = x.index_copy(0, order, block(x[order], state, i, pack, backend))
+        carry: Carry = ()
+        for i in range(len(self.blocks)):
+            x, carry = self.block(i, x, state, pack, carry)
         return x
 
     def logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:

@@ -1,8 +1,10 @@
-"""Image scans: the order in which each RWKV layer reads the P patch positions (spec 2).
+"""Image scans: the order in which each language-model layer reads the image's patch positions (VisualRWKV,
+arXiv 2406.13362, section 3; github.com/howard-hou/VisualRWKV, VisualRWKV-v6/v6.0/src/model.py).
 
-A scan permutes only the patches of the image segment; CLS and text keep their places. The permutation
-wraps a whole block (ln1, time-mix, ln2, channel-mix) and is undone after it, so the residual stream between
-blocks is always in the original order.
+A scan permutes only the rows the vision tower marks as reorderable (CLIP: the P patches, not CLS); CLS and text
+keep their places. The permutation wraps a whole block (ln1, time-mix, ln2, channel-mix) and is undone after it,
+so the residual stream between blocks, and any per-row carry a language model hands from layer to layer, is
+always in the original order. `run_layers` does this for any language model (model/language_model.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .rwkv6 import Carry, Packing
 
 SCANS = ("bidirectional", "unidirectional", "multidirectional")
 
@@ -59,3 +63,19 @@ def layer_orders(
             rows[start : start + num_patches] = order + start
         built[phase] = rows.to(device)
     return [built[layer % 4] for layer in range(n_layer)]
+
+
+def run_layers(lm, x: torch.Tensor, state, pack: Packing, orders: list[torch.Tensor | None] | None) -> torch.Tensor:
+    """Rows [T, C] through every layer of `lm` -> final hidden rows [T, C]. Layer i reads the rows (and the
+    per-row carry) in the order `orders[i]` (None: unchanged), and its output is put back in row order."""
+    lm.cpu_layout_()
+    carry: Carry = ()
+    for i in range(len(lm.blocks)):
+        order = None if orders is None else orders[i]
+        if order is None:
+            x, carry = lm.block(i, x, state, pack, carry)
+            continue
+        y, carry = lm.block(i, x[order], state, pack, tuple(c[order] for c in carry))
+        x = x.index_copy(0, order, y)  # a permutation: every row is written, so x's values do not matter
+        carry = tuple(c.index_copy(0, order, c) for c in carry)
+    return x

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .config import RWKV6Config
+from .families import VISUALRWKV_6
 from .tokenizer import STOP_TOKEN
 from .vision import RELEASE_PREFIX, PilImageProcessor, VisionTower
 from .visualrwkv import VisualRWKV
@@ -113,7 +114,8 @@ def random_model(
 ) -> VisualRWKV:
     """A random-weight VisualRWKV built in memory (no files): for benchmarks of real shapes."""
     cfg, weights, proj, clip, processor = random_parts(size, seed, dtype, device, stop_logit=0.0)
-    return VisualRWKV.from_weights(cfg, weights, proj, VisionTower(clip.eval(), processor), **kw)
+    vision = VisionTower(clip.eval(), processor)
+    return VisualRWKV.from_weights(VISUALRWKV_6, cfg, weights, {"weight": proj}, vision, **kw)
 
 
 def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", stop_logit: float | None = None) -> Path:

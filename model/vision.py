@@ -1,8 +1,12 @@
-"""The CLIP vision tower: PIL preprocessing as the reference did it, features [P patches, CLS] (spec 1.1)."""
+"""Vision towers: the protocol VisualRWKV needs (`VisionEncoder`) and VisualRWKV-6's CLIP tower, with PIL
+preprocessing as the reference did it and features [P patches, CLS] (arXiv 2406.13362, section 3;
+github.com/howard-hou/VisualRWKV, VisualRWKV-v6/v6.0/src/model.py: the last CLIP encoder layer, no
+post-LayerNorm)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from PIL import Image
@@ -27,11 +31,33 @@ RELEASE_PREFIX = "vision_model."
 CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
 
 
+class VisionEncoder(Protocol):
+    """What VisualRWKV needs from a vision tower. `scan_rows` are the rows of an image's features that an image scan
+    may reorder (CLIP: the P patches, not CLS); the scan needs their count to be a square for the
+    multidirectional scan."""
+
+    hidden_size: int  # D, the projector's input width
+    num_tokens: int  # rows per image
+
+    @property
+    def scan_rows(self) -> range: ...
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> pixels [B, ...], ready for forward (may run on an image worker thread)."""
+        ...
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, ...] -> features [B, num_tokens, D]."""
+        ...
+
+
 class VisionTowerError(ValueError):
     """A vision tower that cannot be built; the message names the tower and the problem."""
 
 
 class VisionTower(nn.Module):
+    """The CLIP tower of VisualRWKV-6 (a VisionEncoder): [B, 3, S, S] -> [B, P + 1, D], patches then CLS."""
+
     def __init__(self, clip: nn.Module, processor):
         super().__init__()
         self.clip = clip
@@ -39,7 +65,13 @@ class VisionTower(nn.Module):
         cfg = clip.config
         self.grid = cfg.image_size // cfg.patch_size
         self.num_patches = self.grid * self.grid  # P (576 for ViT-L/14-336)
+        self.num_tokens = self.num_patches + 1  # and CLS
         self.hidden_size = cfg.hidden_size
+
+    @property
+    def scan_rows(self) -> range:
+        """The patches (row-major), not CLS."""
+        return range(self.num_patches)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """[B, 3, S, S] float32 pixels from PIL images of any mode and size."""

@@ -1,5 +1,10 @@
-"""VisualRWKV-6: CLIP tower -> bias-free projector -> image rows spliced into the prompt -> RWKV-6 with the
-image scan; prefill layer by layer over packed prompts, then recurrent decode (spec 0, 1.2-1.3, 2.4)."""
+"""VisualRWKV: a vision tower -> a projector -> image rows spliced into the prompt -> a language model read
+with the image scan; prefill layer by layer over packed prompts, then recurrent decode (arXiv 2406.13362;
+github.com/howard-hou/VisualRWKV, VisualRWKV-v6/v6.0/src/model.py and evaluate.py).
+
+The parts are separate (docs/architecture.md): the language model (model/language_model.py), the vision tower
+(model/vision.py), the projector (model/projector.py), the prompt template (model/prompt.py) and the scan
+(model/scan.py); model/families.py says which parts a checkpoint's family uses, and `load_model` builds them."""
 
 from __future__ import annotations
 
@@ -12,14 +17,14 @@ from torch import nn
 
 from visualrwkv_eval.kernels import KERNELS, resolve_backend
 
-from .checkpoint import Checkpoint, CheckpointError, check_finite, load_checkpoint, nonfinite_tensors
-from .config import RWKV6Config
-from .prompt import POSITIONS, PromptIds, prompt_ids
-from .rowwise import linear
-from .rwkv6 import RWKV6, Packing, RecurrentState
-from .scan import SCANS, layer_orders
+from .checkpoint import Checkpoint, CheckpointError, check_finite, nonfinite_tensors
+from .families import FAMILIES, Recipe, load_checkpoint
+from .generate import GenerationRequest, generate_batch
+from .prompt import POSITIONS, Prompt, prompt_ids
+from .rwkv6 import Packing
+from .scan import SCANS, layer_orders, run_layers
 from .tokenizer import world_tokenizer
-from .vision import VisionTower, build_vision_tower
+from .vision import VisionEncoder
 
 DEFAULT_VISION_TOWER = "openai/clip-vit-large-patch14-336"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -28,44 +33,56 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 class VisualRWKV(nn.Module):
     def __init__(
         self,
-        config: RWKV6Config,
-        vision: VisionTower | None,
+        rwkv: nn.Module,
+        vision: VisionEncoder | None,
+        proj: nn.Module | None,
         *,
         scan: str = "bidirectional",
         image_position: str = "middle",
         kernel: str = "auto",
+        prompt_template=prompt_ids,
+        blank_image: bool = True,
     ):
+        """`rwkv`: the language model (model/language_model.py); `vision` and `proj`: the tower and projector
+        (None: a plain language-model checkpoint, text only); `prompt_template(tokenizer, question, has_image,
+        position) -> Prompt`; `blank_image`: a prompt without an image still gets zero image rows before its
+        text, as VisualRWKV-6's reference does."""
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"scan={scan!r}: expected one of {', '.join(SCANS)}")
         if image_position not in POSITIONS:
             raise ValueError(f"image_position={image_position!r}: expected one of {', '.join(POSITIONS)}")
-        self.config = config
-        self.rwkv = RWKV6(config)
-        self.vision = vision  # None: a plain RWKV-LM checkpoint, text only
-        self.proj = None if vision is None else nn.Linear(vision.hidden_size, config.n_embd, bias=False)
-        self.tokenizer = world_tokenizer()
-        self.scan, self.image_position, self.kernel = scan, image_position, kernel
-        self.checkpoint_path: str | None = None  # the file load_model read (named in set-up errors)
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r}: expected one of {', '.join(KERNELS)}")
+        self.config = rwkv.config
+        self.rwkv = rwkv
+        self.vision = vision
+        self.proj = proj
+        self.tokenizer = world_tokenizer()
+        self.scan, self.image_position, self.kernel = scan, image_position, kernel
+        self.prompt_template, self.blank_image = prompt_template, blank_image
+        self.checkpoint_path: str | None = None  # the file load_model read (named in set-up errors)
+        self._bound: tuple | None = None  # (device, dtype, backend) the language model's kernels were picked for
 
     @classmethod
     def from_weights(
         cls,
-        config: RWKV6Config,
-        rwkv: dict[str, torch.Tensor],
-        proj: torch.Tensor | None,
-        vision: VisionTower | None,
+        recipe: Recipe,
+        config,
+        rwkv_weights: dict[str, torch.Tensor],
+        proj_weights: dict[str, torch.Tensor],
+        vision: VisionEncoder | None,
         **options,
     ) -> VisualRWKV:
-        """The model over existing tensors (assigned, not copied: a checkpoint stays memory-mapped)."""
+        """The model of a family (model/families.py) over existing tensors (assigned, not copied: a checkpoint
+        stays memory-mapped): language-model weights without the "rwkv." prefix, projector weights without
+        "proj."."""
         with torch.device("meta"):
-            model = cls(config, vision, **options)
-        model.rwkv.load_state_dict(rwkv, strict=True, assign=True)
-        if vision is not None:
-            model.proj.load_state_dict({"weight": proj}, assign=True)
-        return model.eval()
+            rwkv = recipe.language_model(config)
+        rwkv.load_state_dict(rwkv_weights, strict=True, assign=True)
+        proj = None if vision is None else recipe.projector(proj_weights)
+        options = dict(prompt_template=recipe.prompt, blank_image=recipe.blank_image) | options
+        return cls(rwkv.eval(), vision, proj, **options).eval()
 
     @property
     def device(self) -> torch.device:
@@ -77,19 +94,26 @@ class VisualRWKV(nn.Module):
 
     @property
     def backend(self) -> str:
-        # probed and logged once per (kernel, device, dtype), then a cache lookup (kernels.resolve_backend)
-        return resolve_backend(self.kernel, self.device, self.dtype)
+        # probed and logged once per (kernel, device, dtype, op), then a cache lookup (kernels.resolve_backend)
+        return resolve_backend(self.kernel, self.device, self.dtype, self.rwkv.wkv_op)
+
+    def _bind_kernels(self) -> None:
+        """Give the language model the WKV implementation for its device and dtype; again only after a move."""
+        key = (self.device, self.dtype, self.kernel)
+        if self._bound != key:
+            self.rwkv.use_backend(self.backend)
+            self._bound = key
 
     @property
     def image_rows(self) -> int:
         """Rows an image occupies: P patches + CLS (577 for ViT-L/14-336)."""
-        return 0 if self.vision is None else self.vision.num_patches + 1
+        return 0 if self.vision is None else self.vision.num_tokens
 
     def bytes_per_sequence(self, text_rows: int = 128) -> int:
         """Memory one more sequence of a batch costs: its recurrent state, the widest per-layer activations of
         its prefill (image rows + `text_rows`), its logits and its image in the tower."""
         cfg, item = self.config, self.dtype.itemsize
-        state = cfg.n_layer * (2 * cfg.n_embd * item + cfg.n_head * cfg.head_size**2 * 4)
+        state = self.rwkv.new_state(1, self.dtype, "meta").bytes_per_sequence
         rows = self.image_rows + text_rows
         activations = rows * (12 * cfg.n_embd + 2 * cfg.dim_ffn) * item
         tower = 0 if self.vision is None else rows * self.vision.hidden_size * 16 * item
@@ -97,68 +121,88 @@ class VisualRWKV(nn.Module):
 
     # ---- inputs ---------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """[B, 3, S, S] pixels, as the tower's CLIP image processor makes them."""
+        """[B, 3, S, S] pixels, as the tower's image processor makes them."""
         if self.vision is None:
             raise ValueError("this checkpoint has no vision tower and projector (a plain RWKV-LM file): text only")
         return self.vision.preprocess(images)
 
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        """[B, P + 1, n_embd]: projected CLIP features, patches row-major then CLS."""
+        """[B, tokens, n_embd]: projected features (CLIP: patches row-major, then CLS)."""
         return self.encode_pixels(self.preprocess(images))
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] preprocessed pixels -> [B, P + 1, n_embd]. On CPU one image at a time, so that an
+        """[B, 3, S, S] preprocessed pixels -> [B, tokens, n_embd]. On CPU one image at a time, so that an
         image's features never depend on the batch (see rowwise.py); on CUDA the batch together."""
         pixels = pixels.to(self.device, self.dtype)
         groups = pixels.split(1) if self.device.type == "cpu" else [pixels]
         feats = torch.cat([self.vision(group) for group in groups])
-        return linear(feats.flatten(0, 1), self.proj.weight).view(*feats.shape[:2], -1)
+        return self.proj(feats.flatten(0, 1)).view(*feats.shape[:2], -1)
 
-    def prompt(self, question: str, has_image: bool) -> PromptIds:
-        return prompt_ids(self.tokenizer, question, has_image, self.image_position)
+    def prompt(self, question: str, has_image: bool) -> Prompt:
+        return self.prompt_template(self.tokenizer, question, has_image, self.image_position)
 
-    def embed(self, ids: PromptIds, image: torch.Tensor | None) -> tuple[torch.Tensor, int | None]:
-        """Rows [T, n_embd] of one prompt and the row of its first patch (None: no image segment).
+    def embed_tokens(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """Token ids -> language-model rows [T, n_embd] (no image)."""
+        return self.rwkv.embed_tokens(torch.as_tensor(ids, dtype=torch.long, device=self.device))
 
-        A VisualRWKV prompt without an image still gets its image rows, all zero, before the text, as the
-        reference does (spec 1.3); a plain language model gets none.
+    def embed(self, prompt: Prompt, images: torch.Tensor | list[torch.Tensor] | None) -> tuple[torch.Tensor, list[int]]:
+        """Rows [T, n_embd] of one prompt and the row where each of its image segments starts.
+
+        `images`: projected features [tokens, n_embd] per image slot (a single tensor for one). A VisualRWKV-6
+        prompt without an image still gets its image rows, all zero, before the text, as the reference does
+        (github.com/howard-hou/VisualRWKV, VisualRWKV-v6/v6.0/src/dataset.py); a plain language model gets none.
         """
-        emb = self.rwkv.emb
-        to_rows = lambda t: emb(torch.tensor(t, dtype=torch.long, device=self.device))  # noqa: E731
-        if ids.has_image:
-            if image is None:
-                raise ValueError("the prompt has an image slot but no image features were given")
-            return torch.cat([to_rows(ids.before), image.to(self.dtype), to_rows(ids.after)]), len(ids.before)
-        if self.vision is None:
-            return to_rows(ids.after), None
-        zeros = torch.zeros(self.image_rows, self.config.n_embd, dtype=self.dtype, device=self.device)
-        return torch.cat([zeros, to_rows(ids.after)]), 0
+        feats = [images] if isinstance(images, torch.Tensor) else list(images or [])
+        if prompt.num_images > len(feats):
+            raise ValueError("the prompt has an image slot but no image features were given")
+        parts, starts, row = [], [], 0
+        if prompt.num_images == 0 and self.vision is not None and self.blank_image:
+            parts.append(torch.zeros(self.image_rows, self.config.n_embd, dtype=self.dtype, device=self.device))
+            starts, row = [0], self.image_rows
+        for segment in prompt.segments:
+            if isinstance(segment, list):
+                part = self.embed_tokens(segment)
+            else:
+                part = feats[segment.index].to(self.dtype)
+                starts.append(row)
+            parts.append(part)
+            row += part.shape[0]
+        return torch.cat(parts), starts
 
     # ---- the recurrent core --------------------------------------------------------------------------
-    def new_state(self, batch: int) -> RecurrentState:
-        return RecurrentState.zeros(self.config, batch, self.dtype, self.device)
+    def new_state(self, batch: int):
+        return self.rwkv.new_state(batch, self.dtype, self.device)
+
+    def _scan_orders(self, lengths: list[int], image_starts: list[int]) -> list[torch.Tensor | None] | None:
+        if self.vision is None or not image_starts:
+            return None
+        rows = self.vision.scan_rows
+        starts = [s + rows.start for s in image_starts]
+        return layer_orders(self.scan, len(self.rwkv.blocks), sum(lengths), starts, len(rows), self.device)
 
     @torch.inference_mode()
     def prefill(
         self,
-        seqs: list[tuple[torch.Tensor, int | None]],
-        state: RecurrentState | None = None,
+        seqs: list[tuple[torch.Tensor, int | list[int] | None]],
+        state=None,
         logit_rows: list[list[int]] | None = None,
-    ) -> tuple[list[torch.Tensor], RecurrentState]:
-        """Run B packed sequences (rows, first-patch row) through all layers, each from its own state.
+    ):
+        """Run B packed sequences (rows, rows where their image segments start) through all layers, each from
+        its own state.
 
         Returns, per sequence, the logits [n, vocab] of the rows in `logit_rows` (default: its last row),
         and the state after the sequences (updated in place when given).
         """
+        self._bind_kernels()
         lengths = [rows.shape[0] for rows, _ in seqs]
         pack = Packing.from_lengths(lengths, self.device)
         offsets = pack.cu_seqlens[:-1].tolist()
-        starts = [off + p for off, (_, p) in zip(offsets, seqs) if p is not None]
-        orders = layer_orders(self.scan, self.config.n_layer, sum(lengths), starts, self.image_rows - 1, self.device)
+        starts = [off + s for off, (_, image) in zip(offsets, seqs) for s in _starts(image)]
         if state is None:
             state = self.new_state(len(seqs))
-        hidden = self.rwkv(torch.cat([rows for rows, _ in seqs]), state, pack, orders, self.backend)
+        orders = self._scan_orders(lengths, starts)
+        hidden = run_layers(self.rwkv, torch.cat([rows for rows, _ in seqs]), state, pack, orders)
         if logit_rows is None:
             logit_rows = [[n - 1] for n in lengths]
         picks = torch.tensor([off + i for off, rows in zip(offsets, logit_rows) for i in rows], device=self.device)
@@ -166,19 +210,19 @@ class VisualRWKV(nn.Module):
         return list(logits), state
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, state) -> torch.Tensor:
         """One recurrent step for B sequences: tokens [B] -> logits [B, vocab]; `state` is updated."""
-        hidden = self.rwkv(self.rwkv.emb(tokens.to(self.device)), state, Packing.for_decode(), None, self.backend)
+        self._bind_kernels()
+        hidden = run_layers(self.rwkv, self.embed_tokens(tokens), state, Packing.for_decode(), None)
         return self.rwkv.logits(hidden, decode=True)
 
     @torch.inference_mode()
     def text_logits(self, ids: list[int]) -> torch.Tensor:
         """The language model alone on token ids (no image rows): logits [len(ids), vocab]."""
-        rows = self.rwkv.emb(torch.tensor(ids, dtype=torch.long, device=self.device))
-        (logits,), _ = self.prefill([(rows, None)], logit_rows=[list(range(len(ids)))])
+        (logits,), _ = self.prefill([(self.embed_tokens(ids), None)], logit_rows=[list(range(len(ids)))])
         return logits
 
-    # ---- the user-facing calls (model/generate.py does the work) -------------------------------------
+    # ---- the user-facing call (model/generate.py does the work) --------------------------------------
     def generate(
         self,
         context: str,
@@ -192,8 +236,6 @@ class VisualRWKV(nn.Module):
         `images`: a PIL image, a uint8 numpy array (H, W[, 1|3|4]) or a list of them (the first is used);
         `until`: a stop string or a list of them; sampling keywords: temperature (0: greedy), top_p, seed.
         """
-        from .generate import GenerationRequest, generate_batch
-
         unknown = set(sampling) - {"temperature", "top_p", "seed"}
         if unknown:
             raise TypeError(
@@ -211,35 +253,46 @@ class VisualRWKV(nn.Module):
         return result.text
 
 
+def _starts(image: int | list[int] | None) -> list[int]:
+    """The image-segment starts of a prefill sequence: a list, one row (the older form) or None."""
+    if image is None:
+        return []
+    return [image] if isinstance(image, int) else list(image)
+
+
 def load_model(
     pretrained: str,
     vision_tower: str = DEFAULT_VISION_TOWER,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     *,
-    scan: str = "bidirectional",
-    image_position: str = "middle",
+    scan: str | None = None,
+    image_position: str | None = None,
     kernel: str = "auto",
 ) -> VisualRWKV:
-    """A VisualRWKV (or text-only RWKV-6) from a .pth / .safetensors checkpoint, ready for inference.
+    """A VisualRWKV (or a text-only language model) from a .pth / .safetensors checkpoint, ready for inference.
 
-    Every argument is checked before the checkpoint is read. The weights end up in memory the model owns:
-    a tensor still mapped from the file (CPU at the stored dtype) is copied, so that rewriting or truncating
-    the file later never changes the model or kills the process (SIGBUS).
+    The checkpoint's family (model/families.py) decides the parts; `scan` and `image_position` default to the
+    family's (VisualRWKV-6: bidirectional, middle). Every argument is checked before the checkpoint is read, and
+    the WKV kernel is probed before the vision tower is built. The weights end up in memory the model owns: a
+    tensor still mapped from the file (CPU at the stored dtype) is copied, so that rewriting or truncating the
+    file later never changes the model or kills the process (SIGBUS).
     """
-    check_options(pretrained, vision_tower, scan, image_position)
+    check_options(pretrained, vision_tower, scan, image_position, kernel)
     device = parse_device(device)
     dtype = parse_dtype(dtype, device)
-    resolve_backend(kernel, device, dtype)  # a CUDA kernel that cannot run shows here, not mid-evaluation
     ckpt = load_checkpoint(pretrained, check_values=False)  # checked below, once converted
-    vision = None if ckpt.proj is None else build_vision_tower(vision_tower, ckpt.vit or None)
-    if vision is not None and ckpt.proj.shape[1] != vision.hidden_size:
-        raise CheckpointError(
-            f"{ckpt.path}: proj.weight takes {ckpt.proj.shape[1]} features but the vision tower "
-            f"{vision_tower} gives {vision.hidden_size}"
-        )
-    options = dict(scan=scan, image_position=image_position, kernel=kernel)
-    model = VisualRWKV.from_weights(ckpt.config, ckpt.rwkv, ckpt.proj, vision, **options)
+    recipe = FAMILIES[ckpt.family]
+    # a CUDA kernel that cannot run shows here, not mid-evaluation
+    resolve_backend(kernel, device, dtype, recipe.language_model.wkv_op)
+    vision = None
+    if recipe.vision_tower is not None:
+        vision = recipe.vision_tower(vision_tower, ckpt.vit or None)
+        recipe.check_projector(ckpt, vision, vision_tower)
+    options = dict(
+        scan=scan or recipe.default_scan, image_position=image_position or recipe.default_position, kernel=kernel
+    )
+    model = VisualRWKV.from_weights(recipe, ckpt.config, ckpt.rwkv, ckpt.proj_weights, vision, **options)
     model = model.to(device=device, dtype=dtype)
     own_memory(model)
     model.checkpoint_path = str(ckpt.path)
@@ -267,16 +320,18 @@ def check_weights(model: VisualRWKV, ckpt: Checkpoint) -> None:
     )
 
 
-def check_options(pretrained, vision_tower, scan: str, image_position: str) -> None:
-    """The options that need no device, checked before any file is read."""
+def check_options(pretrained, vision_tower, scan: str | None, image_position: str | None, kernel: str = "auto") -> None:
+    """The options that need no device, checked before any file is read (None: the family's default)."""
     if not isinstance(pretrained, (str, os.PathLike)) or not str(pretrained):
         raise TypeError(f"pretrained={pretrained!r}: expected the path of a .pth or .safetensors checkpoint")
     if not isinstance(vision_tower, (str, os.PathLike)) or not str(vision_tower):
         raise TypeError(f"vision_tower={vision_tower!r}: expected an HF id or a local folder")
-    if scan not in SCANS:
+    if scan is not None and scan not in SCANS:
         raise ValueError(f"scan={scan!r}: expected one of {', '.join(SCANS)}")
-    if image_position not in POSITIONS:
+    if image_position is not None and image_position not in POSITIONS:
         raise ValueError(f"image_position={image_position!r}: expected one of {', '.join(POSITIONS)}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r}: expected one of {', '.join(KERNELS)}")
 
 
 def parse_device(device: str | torch.device | None) -> torch.device:

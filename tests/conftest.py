@@ -51,8 +51,8 @@ def demo_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def lmms_model(demo_dir):
     """One adapter instance for the whole session (it must survive repeated evaluations)."""
-    from visualrwkv_eval.lmms_model import VisualRWKV
+    from visualrwkv_eval.lmms_model import VisualRWKVLmms
 
     tiny = demo_dir / "tiny"
-    return VisualRWKV(pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"), dtype="float32",
+    return VisualRWKVLmms(pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"), dtype="float32",
                       batch_size=4)  # fmt: skip

@@ -196,8 +196,8 @@ def test_model_load_probes_with_its_dtype(monkeypatch, tiny_dir):
     monkeypatch.setattr(visualrwkv, "resolve_backend", lambda *a: calls.append(a) or resolve_backend(*a))
     model = visualrwkv.load_model(str(tiny_dir / "model.pth"), vision_tower=str(tiny_dir / "vision_tower"),
                                   dtype="float32", device="cpu")  # fmt: skip
-    assert calls == [("auto", torch.device("cpu"), torch.float32)]
-    assert model.backend == "torch" and calls[-1] == ("auto", torch.device("cpu"), torch.float32)
+    assert calls == [("auto", torch.device("cpu"), torch.float32, "wkv6")]
+    assert model.backend == "torch" and calls[-1] == ("auto", torch.device("cpu"), torch.float32, "wkv6")
 
 
 def test_nothing_to_compute_launches_nothing(monkeypatch):

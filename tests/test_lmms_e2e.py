@@ -71,7 +71,7 @@ def mini_runs(demo_dir, tmp_path_factory):
 
 def test_every_mini_task_through_the_cli(mini_runs, demo_dir):
     results, samples, _ = mini_runs[0]
-    assert results["config"]["model_backend"] == "visualrwkv_eval.lmms_model.VisualRWKV (simple)"
+    assert results["config"]["model_backend"] == "visualrwkv_eval.lmms_model.VisualRWKVLmms (simple)"
     for task, metrics in METRICS.items():
         name = f"visualrwkv_mini_{task}"
         assert set(metrics) <= set(results["results"][name]), (name, results["results"][name])

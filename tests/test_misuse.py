@@ -56,7 +56,7 @@ MODEL_ARGS = [
 @pytest.mark.parametrize(("kwargs", "pattern"), MODEL_ARGS, ids=[str(k) for k, _ in MODEL_ARGS])
 def test_model_args_fail_before_loading(tmp_path, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
-        adapter.VisualRWKV(pretrained=str(tmp_path / "absent.pth"), **kwargs)
+        adapter.VisualRWKVLmms(pretrained=str(tmp_path / "absent.pth"), **kwargs)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -65,14 +65,14 @@ def test_cuda_device_without_cuda(tmp_path):
     with pytest.raises(ValueError, match=r"device=cuda:0: CUDA is not available here"):
         load_model(str(tmp_path / "absent.pth"), device="cuda:0")
     with pytest.raises(ValueError, match=r"device=cuda: CUDA is not available here"):
-        adapter.VisualRWKV(pretrained=str(tmp_path / "absent.pth"), device="cuda")
+        adapter.VisualRWKVLmms(pretrained=str(tmp_path / "absent.pth"), device="cuda")
 
 
 def test_valid_batch_settings(demo_dir):
     tiny = demo_dir / "tiny"
     args = dict(pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"))
-    assert adapter.VisualRWKV(**args, batch_size="3").batch_size == 3
-    assert adapter.VisualRWKV(**args, batch_size="auto:2", max_batch_size=5).batch_size <= 5
+    assert adapter.VisualRWKVLmms(**args, batch_size="3").batch_size == 3
+    assert adapter.VisualRWKVLmms(**args, batch_size="auto:2", max_batch_size=5).batch_size <= 5
 
 
 # ---- 2. gen_kwargs: refused when the requests arrive, before any answer -----------------------------------
@@ -161,7 +161,7 @@ def text_only_path(demo_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_only(text_only_path):
-    return adapter.VisualRWKV(pretrained=str(text_only_path))
+    return adapter.VisualRWKVLmms(pretrained=str(text_only_path))
 
 
 @pytest.mark.parametrize("kind", ["generate_until", "loglikelihood"])
@@ -385,7 +385,7 @@ def test_image_to_a_text_only_model(text_only):
 def broken_adapter(demo_dir):
     """An adapter whose weights went NaN after loading (what an overflow in the forward pass also gives)."""
     tiny = demo_dir / "tiny"
-    lm = adapter.VisualRWKV(pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"), batch_size=2)
+    lm = adapter.VisualRWKVLmms(pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"), batch_size=2)
     with torch.no_grad():
         lm.model.rwkv.head.weight[7] = math.nan
     return lm

@@ -1,8 +1,9 @@
-"""The lmms-eval model `visualrwkv`: request batching and result plumbing around visualrwkv_eval.model.
+"""The lmms-eval model `visualrwkv` (class VisualRWKVLmms): request batching and result plumbing around
+visualrwkv_eval.model.
 
 Prompt templates, image handling and all model logic live in model/; this class turns lmms-eval requests
 into GenerationRequests, runs them in batches (splitting a batch that runs out of memory), and hands back
-answers with their token counts.
+answers with their token counts. Nothing here depends on the model's family.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from visualrwkv_eval.model import (
     generate_batch,
     load_model,
     loglikelihood_batch,
+    start_conversation,
 )
 from visualrwkv_eval.model.visualrwkv import parse_device
 from visualrwkv_eval.pipeline import Prefetcher, Prepared, default_workers, rss_anon_mib
@@ -52,7 +54,9 @@ class SetupError(RuntimeError):
     """Requests that the model as set up cannot answer at all (an image task on a text-only checkpoint)."""
 
 
-class VisualRWKV(lmms):
+class VisualRWKVLmms(lmms):
+    """lmms-eval's model `visualrwkv` (the nn.Module is visualrwkv_eval.model.VisualRWKV)."""
+
     is_simple = True
 
     def __init__(
@@ -61,8 +65,8 @@ class VisualRWKV(lmms):
         vision_tower: str = DEFAULT_VISION_TOWER,
         dtype: str | None = None,
         device: str | None = None,
-        image_position: str = "middle",
-        scan: str = "bidirectional",
+        image_position: str | None = None,  # None: the checkpoint family's (VisualRWKV-6: middle)
+        scan: str | None = None,  # None: the family's (VisualRWKV-6: bidirectional)
         kernel: str = "auto",
         max_new_tokens: int = 128,
         image_workers: int | None = None,
@@ -79,8 +83,8 @@ class VisualRWKV(lmms):
         # settings that would give an empty run fail here, before the checkpoint is read (load_model checks its own)
         fixed_batch, batch_cap = parse_batch_size(batch_size, max_batch_size)
         max_new_tokens = whole_number("max_new_tokens", max_new_tokens)
-        if image_workers is not None and not str(image_workers).isdigit():  # before the (long) model load
-            raise ValueError(f"image_workers={image_workers!r}: expected a whole number >= 0 (0: prepare inline)")
+        if image_workers is not None:  # before the (long) model load
+            image_workers = whole_number("image_workers", image_workers, "a whole number >= 0 (0: prepare inline)", 0)
         self.accelerator = Accelerator()
         self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         if (device is None or device == "cuda") and torch.cuda.is_available():
@@ -95,9 +99,7 @@ class VisualRWKV(lmms):
         self.batch_size_per_gpu = size if cap is None else min(size, cap)
         self._warned_multi_image = False
         # images of the next batches are prepared on this many threads while the model runs (0: inline)
-        self.image_workers = (
-            default_workers(self._device, self._world_size) if image_workers is None else int(image_workers)
-        )
+        self.image_workers = default_workers(self._device, self._world_size) if image_workers is None else image_workers
         self.journal = journal  # folder | auto (<--output_path>/visualrwkv_journal) | off
         self._pretrained, self._model_key = pretrained, None
 
@@ -215,26 +217,33 @@ class VisualRWKV(lmms):
         job = self._generation_request(context, gen_kwargs, None, task, split, doc_id)
         return job if pixels is None else replace(job, pixels=pixels)
 
-    def _length_key(self, request: Instance) -> tuple[int, int]:
-        job = self._job(request)
-        return -job.max_new_tokens, -len(job.context)
-
-    def _resume(self, requests: list[Instance], results: list) -> tuple:
-        """(journal or None, key per request, indices still to compute); fills `results` from the journal."""
-        folder = self._journal_folder(requests)
-        if folder is None:
-            return None, [None] * len(requests), list(range(len(requests)))
-        journal = Journal(folder, self.rank)
-        if self._model_key is None:
+    def _plan(self, requests: list[Instance], folder: Path | None) -> tuple[list, list[tuple[int, int]]]:
+        """(journal key per request, or None without a journal; sort key per request: long generations first),
+        from one GenerationRequest per request, made and dropped here (the batch makes its own, with pixels)."""
+        keys, lengths = [], []
+        if folder is not None and self._model_key is None:
             self._model_key = model_key(self.model, self._pretrained, folder / "fingerprints.json")
-        keys = []
         for req in requests:
             context, gen_kwargs, _, doc_id, task, split = req.args
             job = self._job(req)
+            lengths.append((-job.max_new_tokens, -len(job.context)))
+            if folder is None:
+                keys.append(None)
+                continue
             fields = {"type": "generate_until", "task": task, "split": split, "doc_id": doc_id, "context": context,
                       "gen_kwargs": gen_kwargs, "data": dataset_fingerprint(self.task_dict, task, split),
                       "request": [job.max_new_tokens, job.until, job.temperature, job.top_p, job.seed]}  # fmt: skip
             keys.append(request_key(self._model_key, fields))
+        return keys, lengths
+
+    def _resume(self, requests: list[Instance], results: list) -> tuple:
+        """(journal or None, key per request, sort key per request, indices still to compute); fills `results`
+        from the journal."""
+        folder = self._journal_folder(requests)
+        keys, lengths = self._plan(requests, folder)
+        if folder is None:
+            return None, keys, lengths, list(range(len(requests)))
+        journal = Journal(folder, self.rank)
         found = journal.load(set(keys))
         todo = []
         for i, key in enumerate(keys):
@@ -244,16 +253,16 @@ class VisualRWKV(lmms):
                 results[i] = GenerationResult(entry.text, TokenCounts(entry.prompt_tokens, entry.new_tokens))
         served = len(requests) - len(todo)
         logger.info(f"journal {folder}: {served} of {len(requests)} answers served from it, {len(todo)} to compute")
-        return journal, keys, todo
+        return journal, keys, lengths, todo
 
     # ---- lmms-eval entry points -----------------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         self._check_setup(requests)
         # Text only here: a request becomes an image on a worker just before its batch runs
         results: list[GenerationResult] = [GenerationResult("", TokenCounts(0, 0)) for _ in requests]
-        journal, keys, todo = self._resume(requests, results)
+        journal, keys, lengths, todo = self._resume(requests, results)
         # Long generations first, so that an out-of-memory batch shows up at once
-        order = sorted(todo, key=lambda i: self._length_key(requests[i]))
+        order = sorted(todo, key=lengths.__getitem__)
         memory = rss_anon_mib()
         prefetch = Prefetcher(lambda i: self._prepare(*requests[i].args[2:]), self.image_workers)
         throughput, start = Throughput(self._device), time.perf_counter()
@@ -329,37 +338,62 @@ class VisualRWKV(lmms):
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
         """Rounds follow lmms-eval's protocol (doc_to_text gives each next turn and the end signal); later
-        rounds are prefilled on top of the recurrent state, never re-reading the conversation."""
+        rounds are prefilled on top of the recurrent state, never re-reading the conversation. Batches go
+        through the same out-of-memory splitting and throughput report as single-round ones."""
         self._check_setup(requests)
         results: list[list[str]] = [[] for _ in requests]
+        throughput = Throughput(self._device)
         for batch in tqdm(list(self._batches(list(range(len(requests))))), disable=self.rank != 0, desc="VisualRWKV"):
-            args = [requests[i].args for i in batch]
-            docs = [self.task_dict[a[5]][a[6]][a[4]] for a in args]
-            first = []
-            for context, gen_kwargs, doc_to_visual, _, doc_id, task, split in args:
-                image, error = self._image(doc_to_visual, doc_id, task, split)
-                if error:
-                    logger.warning(f"{task} doc {doc_id}: image could not be used ({error}); going on without it")
-                first.append(self._generation_request(context, gen_kwargs, image, task, split, doc_id))
-            gens, conversation = generate_batch(self.model, first, keep_state=True)
-            rounds = [[g.text.translate(CONTROL)] for g in gens]
-            info, contexts = [None] * len(batch), [""] * len(batch)
-            final: list[list[str] | None] = [None] * len(batch)
-            for round_idx in range(1, MAX_ROUNDS):
-                for j, (a, doc) in enumerate(zip(args, docs)):
-                    if final[j] is None:
-                        _, contexts[j], end, res, info[j] = a[3](
-                            doc, previous_output=rounds[j], round_idx=round_idx, previous_round_info=info[j]
-                        )
-                        if end:
-                            final[j], conversation.rows[j] = list(res), -1  # this conversation is over
-                if all(f is not None for f in final):
-                    break
-                nxt = [self._generation_request(c or "", a[1], None, a[5], a[6], a[4]) for c, a in zip(contexts, args)]
-                gens, conversation = continue_batch(self.model, conversation, nxt)
-                rounds = [
-                    r if f is not None else [*r, g.text.translate(CONTROL)] for r, f, g in zip(rounds, final, gens)
-                ]
-            for j, i in enumerate(batch):
-                results[i] = final[j] if final[j] is not None else rounds[j]
+            items = [requests[i] for i in batch]
+            for j, rounds in zip(batch, self._run(lambda b: self._conversations(b, throughput), items)):
+                results[j] = rounds
+        throughput.report()
         return results
+
+    def _conversations(self, requests: list[Instance], throughput: Throughput) -> list[list[str]]:
+        """The rounds of each multi-round request of one batch."""
+        first, docs = [], []
+        for req in requests:
+            context, gen_kwargs, doc_to_visual, _, doc_id, task, split = req.args
+            image, error = self._image(doc_to_visual, doc_id, task, split)
+            if error:
+                logger.warning(f"{task} doc {doc_id}: image could not be used ({error}); going on without it")
+            first.append(self._generation_request(context, gen_kwargs, image, task, split, doc_id))
+            docs.append(self.task_dict[task][split][doc_id])
+        stats = BatchStats()
+        gens, conversation = start_conversation(self.model, first, stats)
+        self._count(throughput, requests, gens, stats)
+        rounds = [[g.text.translate(CONTROL)] for g in gens]
+        info: list = [None] * len(requests)
+        final: list[list[str] | None] = [None] * len(requests)
+        for round_idx in range(1, MAX_ROUNDS):
+            contexts = [""] * len(requests)
+            for j, (req, doc) in enumerate(zip(requests, docs)):
+                if final[j] is not None:
+                    continue
+                doc_to_text = req.args[3]
+                _, contexts[j], end, result, info[j] = doc_to_text(
+                    doc, previous_output=rounds[j], round_idx=round_idx, previous_round_info=info[j]
+                )
+                if end:
+                    final[j] = list(result)
+                    conversation.end(j)
+            if all(f is not None for f in final):
+                break
+            nxt = []
+            for req, context in zip(requests, contexts):
+                _, gen_kwargs, _, _, doc_id, task, split = req.args
+                nxt.append(self._generation_request(context or "", gen_kwargs, None, task, split, doc_id))
+            stats = BatchStats()
+            gens, conversation = continue_batch(self.model, conversation, nxt, stats)
+            ongoing = [j for j, f in enumerate(final) if f is None]
+            self._count(throughput, [requests[j] for j in ongoing], [gens[j] for j in ongoing], stats, False)
+            for j in ongoing:
+                rounds[j].append(gens[j].text.translate(CONTROL))
+        return [f if f is not None else r for f, r in zip(final, rounds)]
+
+    @staticmethod
+    def _count(throughput: Throughput, requests: list[Instance], gens, stats: BatchStats, first: bool = True) -> None:
+        tasks = [req.args[5] for req in requests]
+        prompt_rows, new_tokens = [g.prompt_tokens for g in gens], [len(g.new_tokens) for g in gens]
+        throughput.add_batch(tasks, prompt_rows, new_tokens, stats, new_samples=first)

@@ -8,4 +8,4 @@ from lmms_eval.models.registry_v2 import ModelManifest
 
 
 def manifests() -> list[ModelManifest]:
-    return [ModelManifest(model_id="visualrwkv", simple_class_path="visualrwkv_eval.lmms_model.VisualRWKV")]
+    return [ModelManifest(model_id="visualrwkv", simple_class_path="visualrwkv_eval.lmms_model.VisualRWKVLmms")]

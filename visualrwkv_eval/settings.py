@@ -18,8 +18,8 @@ class SettingError(ValueError):
     """A model_arg or generation argument that cannot give a meaningful run."""
 
 
-def whole_number(name: str, value: Any, allowed: str = "a whole number >= 1", where: str = "") -> int:
-    """`value` as an int >= 1 (an int, an integral float, or the digits of one), else SettingError."""
+def whole_number(name: str, value: Any, allowed: str = "a whole number >= 1", where: str = "", minimum: int = 1) -> int:
+    """`value` as an int >= `minimum` (an int, an integral float, or the digits of one), else SettingError."""
     number = None
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         number = int(value)
@@ -27,7 +27,7 @@ def whole_number(name: str, value: Any, allowed: str = "a whole number >= 1", wh
         number = int(value)
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         number = int(value.strip())
-    if number is None or number < 1:
+    if number is None or number < minimum:
         raise SettingError(f"{name}={value!r}{where}: expected {allowed}")
     return number
 

@@ -38,11 +38,14 @@ class Throughput:
         self.tasks: dict[str, TaskCounts] = defaultdict(TaskCounts)
         peak_memory_reset(device)  # the peak of the generation, on the CPU too
 
-    def add_batch(self, tasks: list[str], prompt_rows: list[int], new_tokens: list[int], stats) -> None:
+    def add_batch(
+        self, tasks: list[str], prompt_rows: list[int], new_tokens: list[int], stats, new_samples: bool = True
+    ) -> None:
+        """One batch's work; `new_samples` False for a further round of conversations already counted."""
         rows, tokens = sum(prompt_rows) or 1, sum(new_tokens) or 1
         for task, p, n in zip(tasks, prompt_rows, new_tokens):
             counts = self.tasks[task]
-            counts.samples += 1
+            counts.samples += new_samples
             counts.prefill_rows += p
             counts.prefill_seconds += stats.prefill_seconds * p / rows
             counts.decode_tokens += n

@@ -1,0 +1,86 @@
+"""Model families: which parts a checkpoint's family is built from, in one table.
+
+`load_checkpoint` reads a file, tells its `Family` (name and RWKV version, from its keys) and checks it with the
+family's own rules; `FAMILIES[family]` is the `Recipe` that `load_model` builds the model from. A new family
+(VisualRWKV-7, say) is a new row: its config reader, language-model class, vision-tower builder, projector
+builder, prompt template and defaults (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    Family,
+    check_finite,
+    check_float,
+    detect_rwkv_version,
+    read_checkpoint,
+    rwkv6_config,
+)
+from .projector import LinearProjector
+from .prompt import Prompt, prompt_ids
+from .rwkv6 import RWKV6
+from .vision import VisionEncoder, build_vision_tower
+
+
+def _check_linear_projector(ckpt: Checkpoint, vision: VisionEncoder, tower: str) -> None:
+    """proj.weight must take the tower's features."""
+    if ckpt.proj.shape[1] != vision.hidden_size:
+        raise CheckpointError(
+            f"{ckpt.path}: proj.weight takes {ckpt.proj.shape[1]} features but the vision tower "
+            f"{tower} gives {vision.hidden_size}"
+        )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The parts of one family. `read_config(path, rwkv, proj) -> config` checks the language model's (and the
+    projector's) keys and shapes; `language_model(config)` builds the language model (model/language_model.py);
+    `vision_tower(name_or_path, vit weights or None)` and `projector(proj weights)` build the image side (None:
+    text only); `prompt(tokenizer, question, has_image, position) -> Prompt` is the template."""
+
+    read_config: Callable[[Path, dict[str, torch.Tensor], dict[str, torch.Tensor]], object]
+    language_model: Callable[[object], nn.Module]
+    vision_tower: Callable[[str, dict[str, torch.Tensor] | None], VisionEncoder] | None
+    projector: Callable[[dict[str, torch.Tensor]], nn.Module] | None
+    prompt: Callable[..., Prompt] = prompt_ids
+    default_scan: str = "bidirectional"
+    default_position: str = "middle"
+    blank_image: bool = True  # a prompt without an image gets zero image rows (VisualRWKV-6's reference)
+    check_projector: Callable[[Checkpoint, VisionEncoder, str], None] = _check_linear_projector
+    label: str = ""  # named in errors, e.g. "RWKV-6 (x060)"
+
+
+VISUALRWKV_6 = Recipe(rwkv6_config, RWKV6, build_vision_tower, LinearProjector.from_weights, label="RWKV-6 (x060)")
+FAMILIES: dict[Family, Recipe] = {
+    Family("visualrwkv", 6): VISUALRWKV_6,
+    Family("rwkv", 6): Recipe(rwkv6_config, RWKV6, None, None, label="RWKV-6 (x060)"),
+}
+
+
+def load_checkpoint(path: str | Path, check_values: bool = True) -> Checkpoint:
+    """Read, split and validate a checkpoint of a known family (VisualRWKV-6, or a plain RWKV-LM x060 file).
+
+    Refused: files that are no checkpoint (with what they are), other RWKV generations, missing, unexpected
+    or misshapen keys, non-float tensors, vocabularies the World tokenizer cannot serve, and with
+    `check_values` NaN / inf weights (load_model checks those itself, on the converted weights).
+    """
+    path, family, rwkv, proj, vit, sd = read_checkpoint(path)
+    recipe = FAMILIES.get(family)
+    if recipe is None:
+        what = "no RWKV blocks found" if family.version == 0 else f"detected RWKV {detect_rwkv_version(rwkv)}"
+        known = " or ".join(dict.fromkeys(r.label for r in FAMILIES.values()))
+        raise CheckpointError(f"{path}: not an {known} checkpoint: {what}; VisualRWKV v6 needs x060 weights")
+    check_float(sd, path)
+    config = recipe.read_config(path, rwkv, proj)
+    if check_values:
+        check_finite(sd, str(path))
+    return Checkpoint(path=path, family=family, config=config, rwkv=rwkv, proj_weights=proj, vit=vit)
