@@ -14,10 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-import wkv6_emulator as emul
-from helpers import cu_seqlens, naive_wkv6, rel_err, wkv6_inputs
+from helpers import CUPY_MISSING, cu_seqlens, naive_wkv6, rel_err, wkv6_inputs
 
 from visualrwkv_eval.kernels import wkv6_decode, wkv6_prefill, wkv6_prefill_torch
+
+pytest.importorskip("cupy", reason=CUPY_MISSING)  # the launcher plans every emulated launch
+import wkv6_emulator as emul
+
 from visualrwkv_eval.kernels.wkv6 import cupy as launcher
 
 GXX, WHY_NOT = emul.gxx()
