@@ -1,5 +1,5 @@
 """Offline mini versions of the eight benchmarks: small parquet files with the column names and types of the
-hub data sets (lmms-eval-plugin spec 5.3), over images drawn with PIL so that every question has a real answer.
+hub data sets (the lmms-lab data sets that lmms-eval's task YAMLs load), over images drawn with PIL so that every question has a real answer.
 
 Images are scenes of coloured shapes on a background, sometimes with a rendered word; questions ask for
 colours, counts, existence, positions and text. Generation is deterministic for a seed.

@@ -1,4 +1,5 @@
-"""Column names and types of the hub data sets behind the eight lmms-eval tasks (plugin spec 5.3), so that
+"""Column names and types of the hub data sets behind the eight lmms-eval tasks (the lmms-lab
+data sets named by `dataset_path` in lmms-eval's task YAMLs, as their data set cards list them), so that
 the mini benchmarks go through exactly the code paths the real data takes."""
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import torch
 # RWKV World vocabulary (rwkv_vocab_v20230424, read from the `rwkv` package)
 VOCAB_SIZE = 65536
 NEWLINE = 11  # "\n" (tests/test_tokenizer.py checks it against the vocabulary)
-# the reference's IMAGE_TOKEN_INDEX (LLaVA's convention, kept by VisualRWKV-v6/v6.0): the id that stands for the
-# image in a tokenized prompt before the image rows are spliced in
+# the reference's IMAGE_TOKEN_INDEX (VisualRWKV-v6/v6.0/src/dataset.py, LLaVA's convention): the id that stands
+# for the image in a tokenized prompt before the image rows are spliced in
 IMAGE_TOKEN_INDEX = -200
 
 # why the kernel tests skip: the `test` extra leaves CuPy out (setup.cfg), CI installs it

@@ -1,4 +1,6 @@
-"""An independent, deliberately naive VisualRWKV-6 in float64, written from the spec for the tests.
+"""An independent, deliberately naive VisualRWKV-6 in float64, written for the tests from the
+paper (arXiv 2406.13362), RWKV-6 (arXiv 2404.05892) and the reference repository (github.com/howard-hou/VisualRWKV,
+VisualRWKV-v6/v6.0/src/model.py).
 
 It evaluates like the reference evaluate.py: the whole sequence is re-run for every new token, with the
 image scan applied by flipping / transposing the patch rows around each block, and no recurrent state.
@@ -59,7 +61,8 @@ def channel_mix(x, sd, p):
 
 
 def scan_in(x, s, P, layer, scan):
-    """Reorder the P patch rows starting at s as the given scan reads them in this layer (spec 2.1, 2.3)."""
+    """Reorder the P patch rows starting at s as the given scan reads them in this layer (bidirectional:
+    VisualRWKV-v6/v6.0/src/model.py, bidirectional_forward; the others: VisualRWKV-v5/v5.1/src/model.py)."""
     g = math.isqrt(P)
     x = x.clone()
     if scan == "multidirectional" and layer % 4 in (2, 3):

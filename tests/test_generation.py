@@ -18,7 +18,8 @@ def image():
 
 
 def templates(position):
-    """The prompt chunks written out by hand from spec 3.2 (not with the model's template code)."""
+    """The prompt chunks written out by hand from the reference's template (VisualRWKV-v6/v6.0/src/dataset.py), not
+    with the model's template code."""
     return {
         "middle": (f"User: {SHORT}\n", f"\n{QUESTION}\n\n"),
         "first": ("User: ", f"\n{QUESTION}\n\n"),

@@ -1,4 +1,5 @@
-"""Prompt templates reproduce the reference's exact strings (spec 3.2) and tokenisation (spec 3.3)."""
+"""Prompt templates reproduce the reference's exact strings and tokenisation (VisualRWKV-v6/v6.0/src/dataset.py in
+github.com/howard-hou/VisualRWKV: process_image_tokens_in_conversations, preprocess, tokenize_with_image_token)."""
 
 import pytest
 from helpers import NEWLINE

@@ -20,8 +20,8 @@ def test_spec_ids():
 
 
 def test_sandwich_gqa_example_ids():
-    # the 30 ids of the middle-position (sandwich) GQA prompt as the reference builds it (VisualRWKV-v6/v6.0/
-    # evaluate.py), its IMAGE_TOKEN_INDEX (-200) standing for the image
+    # the 30 ids of the middle-position (sandwich) GQA prompt as the reference tokenizes it
+    # (VisualRWKV-v6/v6.0/src/dataset.py, tokenize_with_image_token), IMAGE_TOKEN_INDEX standing for the image
     ids = tok.encode("User: Is the sky dark?\n") + [IMAGE_TOKEN_INDEX]
     ids += tok.encode("\nIs the sky dark?\nAnswer the question using a single word or phrase.\n\n")
     ids += tok.encode("Assistant:")
