@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-HEAD_SIZE_DIVISOR = 8  # GroupNorm eps = 1e-5 * 8**2 (spec 1.4)
+HEAD_SIZE_DIVISOR = 8  # GroupNorm eps = 1e-5 * 8**2 (github.com/howard-hou/VisualRWKV, VisualRWKV-v6/v6.0/src/model.py)
 WORLD_VOCAB_SIZE = 65536  # emb / head rows of every RWKV World model (token ids 1..65529 in use)
 
 
@@ -28,7 +28,7 @@ class RWKV6Config:
 
     @staticmethod
     def for_size(n_layer: int, n_embd: int, vocab_size: int = WORLD_VOCAB_SIZE) -> RWKV6Config:
-        """The shapes RWKV-LM builds for a given depth and width (spec 1.4)."""
+        """The shapes RWKV-LM builds for a given depth and width (github.com/BlinkDL/RWKV-LM, RWKV-v5/src/model.py)."""
         wide = n_embd >= 4096
         return RWKV6Config(
             n_layer=n_layer,
@@ -60,7 +60,8 @@ class RWKV6Config:
         )
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every key of an x060 RWKV-LM state dict and its shape (spec 1.6)."""
+        """Every key of an x060 RWKV-LM state dict and its shape (as RWKV-LM's trainer saves it; the `rwkv` pip
+        package's RWKV_x060 loader reads the same names)."""
         C, A, F, H, N = self.n_embd, self.dim_att, self.dim_ffn, self.n_head, self.head_size
         shapes: dict[str, tuple[int, ...]] = {
             "emb.weight": (self.vocab_size, C),

@@ -14,7 +14,8 @@ from .tokenizer import STOP_TOKEN
 from .vision import RELEASE_PREFIX, PilImageProcessor, VisionTower
 from .visualrwkv import VisualRWKV
 
-# (n_layer, n_embd) of the released models (spec 1.5) and of the test model
+# (n_layer, n_embd) of the released models (github.com/howard-hou/VisualRWKV, VisualRWKV-v6/v6.0/scripts/train/
+# rwkv{1b5,3b,7b}_*.sh) and of the test model
 # "small" is a CPU benchmark shape (RWKV-169M-like), not a release
 SIZES = {"tiny": (4, 128), "small": (12, 768), "1b6": (24, 2048), "3b": (32, 2560), "7b": (32, 4096)}
 TINY_STOP_LOGIT = 9.0

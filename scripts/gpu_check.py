@@ -189,7 +189,7 @@ def model_graph() -> dict:
 
     model = random_model("tiny", dtype=torch.bfloat16, device="cuda", kernel="cupy")
     ids = model.tokenizer.encode("A question about a picture")
-    rows = model.rwkv.emb(torch.tensor(ids, device="cuda"))
+    rows = model.embed_tokens(ids)
     batch = 4
     _, state = model.prefill([(rows, None)] * batch)
     tokens = torch.tensor([11, 22, 33, 44], device="cuda")

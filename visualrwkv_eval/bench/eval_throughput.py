@@ -50,7 +50,7 @@ def reference_protocol(model, request: GenerationRequest) -> list[int]:
         if token == STOP_TOKEN:
             break
         out.append(token)
-        rows = torch.cat([rows, model.rwkv.emb(torch.tensor([token], device=model.device))])
+        rows = torch.cat([rows, model.embed_tokens([token])])
     return out
 
 

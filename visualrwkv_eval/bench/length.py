@@ -58,7 +58,7 @@ def params(model: torch.nn.Module) -> int:
 def rwkv_point(model, length: int, steps: int, device: torch.device) -> dict:
     ids = torch.randint(1, 65530, (length,), generator=torch.Generator().manual_seed(length))
     peak_memory_reset(device)
-    (logits,), state = model.prefill([(model.rwkv.emb(ids.to(device)), None)])
+    (logits,), state = model.prefill([(model.embed_tokens(ids), None)])
     token = logits.argmax(-1)
     latency = seconds(lambda: model.decode(token, state), device, reps=steps, warmup=3)
     return {

@@ -74,7 +74,7 @@ class Ours:
         self.model = load_model(str(path), dtype="float32", device="cpu", kernel="torch")
 
     def prefill(self, ids: list[int]):
-        rows = self.model.rwkv.emb(torch.tensor(ids))
+        rows = self.model.embed_tokens(ids)
         (logits,), state = self.model.prefill([(rows, None)])
         return logits[-1], state
 

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> Path:
     read_per_token = (lm_params - embedding + cfg.n_embd) * dtype.itemsize  # one embedding row, every other weight
     flop_per_token = 2 * (lm_params - embedding)
     ids = torch.randint(1, 65530, (args.prompt,), generator=torch.Generator().manual_seed(0)).to(device)
-    rows = model.rwkv.emb(ids)
+    rows = model.embed_tokens(ids)
     prefill = seconds(lambda: model.prefill([(rows, None)]), device, reps=5, warmup=1)
     (logits,), state = model.prefill([(rows, None)])
     token = logits.argmax(-1)
