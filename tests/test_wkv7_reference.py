@@ -178,3 +178,16 @@ def test_registered_in_the_kernel_registry():
     prefill, decode = kernels.get("wkv7", "torch")
     assert prefill is wkv7_prefill_torch and decode is wkv7_decode_torch
     assert kernels.resolve_backend("auto", "cpu", torch.float32, op="wkv7") == "torch"
+
+
+def test_ut_inverse_of_the_worst_case_stays_exact():
+    """(I - A)^-1 by blocks, for A = -1 everywhere below the diagonal (every kappa equal, a = 1: the powers of A
+    grow like binomial coefficients, so a power series would lose everything; the inverse itself is small)."""
+    from visualrwkv_eval.kernels.wkv7.reference import _ut_inverse
+
+    A = -torch.ones(64, 64).tril(-1)
+    expected = torch.linalg.inv(torch.eye(64, dtype=torch.float64) - A.double())
+    assert (_ut_inverse(A).double() - expected).abs().max() < 1e-6
+    A = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0)).tril(-1) / 4
+    expected = torch.linalg.inv(torch.eye(32, dtype=torch.float64) - A.double())
+    assert rel_err(_ut_inverse(A), expected) < 1e-5
