@@ -64,6 +64,16 @@ FAMILIES: dict[Family, Recipe] = {
     Family("visualrwkv", 6): VISUALRWKV_6,
     Family("rwkv", 6): Recipe(rwkv6_config, RWKV6, None, None, label="RWKV-6 (x060)"),
 }
+# Families that the key rule of read_checkpoint (name from the key groups, version from the RWKV blocks) cannot tell
+# apart, e.g. two projectors on one RWKV generation: (test on the rwkv, proj and vit key groups, family), asked first.
+DETECTORS: list[tuple[Callable[[dict, dict, dict], bool], Family]] = []
+
+
+def register(family: Family, recipe: Recipe, detect: Callable[[dict, dict, dict], bool] | None = None) -> None:
+    """Add a family; `detect(rwkv, proj, vit)` claims checkpoints the key rule would give another family."""
+    FAMILIES[family] = recipe
+    if detect is not None:
+        DETECTORS.insert(0, (detect, family))
 
 
 def load_checkpoint(path: str | Path, check_values: bool = True) -> Checkpoint:
@@ -74,6 +84,7 @@ def load_checkpoint(path: str | Path, check_values: bool = True) -> Checkpoint:
     `check_values` NaN / inf weights (load_model checks those itself, on the converted weights).
     """
     path, family, rwkv, proj, vit, sd = read_checkpoint(path)
+    family = next((claimed for detect, claimed in DETECTORS if detect(rwkv, proj, vit)), family)
     recipe = FAMILIES.get(family)
     if recipe is None:
         what = "no RWKV blocks found" if family.version == 0 else f"detected RWKV {detect_rwkv_version(rwkv)}"
