@@ -3,6 +3,7 @@ PyTorch reference on a GPU (marked `gpu`, skipped without one). Imports only tor
 so that it runs on a GPU machine without the evaluation stack."""
 
 import contextlib
+import functools
 import subprocess
 import sys
 import timeit
@@ -10,12 +11,16 @@ import warnings
 
 import pytest
 import torch
-from cupy.cuda import nvrtc
+from helpers import CUPY_MISSING, cu_seqlens, rel_err, wkv6_inputs
 
 import visualrwkv_eval.kernels as kernels
 from visualrwkv_eval.kernels import resolve_backend, wkv6_decode, wkv6_prefill, wkv6_prefill_torch
-from visualrwkv_eval.kernels.wkv6 import cupy as wkv6_cupy
 from visualrwkv_eval.kernels.wkv6.checks import check_wkv6_args
+
+pytest.importorskip("cupy", reason=CUPY_MISSING)
+from cupy.cuda import nvrtc
+
+from visualrwkv_eval.kernels.wkv6 import cupy as wkv6_cupy
 from visualrwkv_eval.kernels.wkv6.cupy import (
     SPLITS,
     compile_options,
@@ -27,21 +32,8 @@ from visualrwkv_eval.kernels.wkv6.cupy import (
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def inputs(T, H=4, B=1, seed=0, dtype=torch.float32, device="cpu", decay="realistic"):
-    """r, k, v, w, u in `dtype` and an fp32 state [B, H, 64, 64]."""
-    g = torch.Generator().manual_seed(seed)
-    r, k, v = (torch.randn(T, H, 64, generator=g) for _ in range(3))
-    if decay == "realistic":  # decays from 0.9975 down to 0.011
-        w = torch.rand(T, H, 64, generator=g) * 7.5 - 6
-    else:  # decays within 1e-9 of 1 and ~1e-24 of 0, mixed over time
-        w = torch.where(torch.rand(T, H, 64, generator=g) < 0.5, -20.0, 4.0) + torch.randn(T, H, 64, generator=g)
-    u = torch.randn(H, 64, generator=g)
-    state = torch.randn(B, H, 64, 64, generator=g)
-    return [t.to(device, dtype) for t in (r, k, v, w, u)] + [state.to(device)]
-
-
-def rel_err(a, b):
-    return ((a.double().cpu() - b.double().cpu()).abs().max() / b.double().cpu().abs().max()).item()
+# r, k, v, w, u in `dtype` and an fp32 state [B, H, 64, 64]; four heads here
+inputs = functools.partial(wkv6_inputs, H=4)
 
 
 # --- CPU: the kernel source compiles, exactly as the runtime builds it ---------------------------------------
@@ -354,7 +346,7 @@ class TestOnGPU:
         packed = [torch.cat([s[j] for s in seqs]) for j in range(4)]
         state = torch.cat([s[5] for s in seqs])
         initial = state.clone()
-        cu = torch.tensor([0, *lengths]).cumsum(0)
+        cu = cu_seqlens(lengths)
         y = wkv6_prefill_cupy(*packed, u, state, cu.to(offsets_on))
         for i, s in enumerate(seqs):
             alone = s[5].clone()
@@ -419,7 +411,7 @@ class TestOnGPU:
     def test_offsets_on_the_gpu_with_strides(self):
         lengths = [5, 0, 17]
         r, k, v, w, u, state = cuda_inputs(22, B=3, seed=4)
-        cu = torch.tensor([0, *lengths]).cumsum(0)
+        cu = cu_seqlens(lengths)
         strided = torch.stack([cu, cu], 1).cuda()[:, 0].to(torch.int32)
         assert not strided.is_contiguous() or strided.dtype != torch.int64
         s_cpu, s_gpu = state.clone(), state.clone()
