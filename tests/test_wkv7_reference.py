@@ -91,6 +91,25 @@ def test_packed_sequences_each_with_its_state():
         assert rel_err(y[s:e], y_ref) < 2e-6 and rel_err(state[i], S_ref) < 2e-6
 
 
+def test_bounded_groups_of_chunks(monkeypatch):
+    """Long inputs are computed a few chunk positions at a time (bounded memory): the same results, the state
+    carried from group to group. Here every group holds at most 3 chunks of 2 heads."""
+    import visualrwkv_eval.kernels.wkv7.reference as reference
+
+    monkeypatch.setattr(reference, "GROUP_CHUNK_HEADS", 6)
+    lengths = [100, 0, 40, 1]
+    *x, S = inputs(sum(lengths), B=len(lengths), seed=9)
+    cu = torch.tensor([0, *lengths]).cumsum(0)
+    state = S.clone()
+    y = wkv7_prefill_torch(*x, state, cu, chunk=16)
+    assert reference._groups([4, 3, 1, 1, 1], 3) == [[4], [3], [1, 1, 1]]
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        y_ref, S_ref = naive_wkv7(*(t[s:e] for t in x), S[i])
+        assert rel_err(state[i], S_ref) < 2e-6
+        if e > s:
+            assert rel_err(y[s:e], y_ref) < 2e-6
+
+
 def test_offsets_as_int32_and_all_empty():
     *x, S = inputs(0, B=2)
     state = S.clone()

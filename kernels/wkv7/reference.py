@@ -40,6 +40,7 @@ import torch
 from .checks import check_wkv7_args
 
 CHUNK = 32  # a power of two (the pairwise scores halve it); 32 was the fastest of 16, 32, 64 on the CPU
+GROUP_CHUNK_HEADS = 4096  # chunks x heads computed together: 64 MiB per [.., N, N] fp32 term at N = 64
 
 
 def wkv7_decode_torch(
@@ -87,30 +88,52 @@ def wkv7_prefill_torch(
     if layout.total == 0:
         return y[:T].to(r.dtype)
     src = layout.rows.to(r.device)
-
-    def gather(x: torch.Tensor) -> torch.Tensor:  # [T, H, N] -> [chunks, H, L, N] fp32, padded with zeros
-        padded = torch.cat([x.transpose(0, 1).float(), x.new_zeros(H, 1, N, dtype=torch.float32)], 1)
-        return padded[:, src].transpose(0, 1)  # one copy into [H, chunks, L, N]: later products read rows densely
-
     # Padding is exact: log-decay 0 keeps the state, a = b = k = 0 adds nothing, so a padded chunk is identity.
-    log_decay = gather(-torch.exp(w.float()))
-    y_intra, q_eff, transition, increment = _chunk_terms(*(gather(x) for x in (r, k, v, a, b)), log_decay)
-
+    padded = [_padded(x) for x in (r, k, v, a, b, -torch.exp(w.float()))]
     order = layout.order.to(state.device)
     S = state[order].contiguous()  # [sequences with tokens, longest first, H, N, N]
+    start = 0
+    for group in _groups(layout.active, max(1, GROUP_CHUNK_HEADS // H)):
+        rows = src[start : start + sum(group)]
+        y[rows] = _chunk_group([x[:, rows].transpose(0, 1) for x in padded], S, group)
+        start += sum(group)
+    state[order] = S
+    return y[:T].to(r.dtype)
+
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    """[T, H, N] -> [H, T + 1, N] fp32 with a zero row at T, where the padding of the chunks points. Head-major, so
+    that the chunks gathered from it are [H, chunks, L, N] with dense rows."""
+    return torch.cat([x.transpose(0, 1).float(), x.new_zeros(x.shape[1], 1, x.shape[2], dtype=torch.float32)], 1)
+
+
+def _groups(active: list[int], most: int) -> list[list[int]]:
+    """Consecutive chunk positions (their counts of active sequences) cut into groups of at most `most` chunks
+    (at least one position each): memory stays bounded at any length and batch size."""
+    groups, current = [], []
+    for n in active:
+        if current and sum(current) + n > most:
+            groups.append(current)
+            current = []
+        current.append(n)
+    return [*groups, current]
+
+
+def _chunk_group(chunks: list[torch.Tensor], S: torch.Tensor, active: list[int]) -> torch.Tensor:
+    """y [chunks, L, H, N] of consecutive chunk positions (r, k, v, a, b, log-decay chunks [chunks, H, L, N], stored
+    position-major, `active[j]` chunks at position j); S [sequences, H, N, N] is carried through them in place."""
+    y_intra, q_eff, transition, increment = _chunk_terms(*chunks)
     initial = torch.empty_like(transition)  # the state each chunk starts from
     start = 0
-    for active in layout.active:  # chunk j of the `active` longest sequences, stored together
-        c = slice(start, start + active)
-        initial[c] = S[:active]
-        S[:active] = torch.baddbmm(
-            increment[c].flatten(0, 1), S[:active].flatten(0, 1), transition[c].flatten(0, 1)
-        ).view(S[:active].shape)
-        start += active
-    state[order] = S
+    for n in active:  # chunk j of the n longest sequences, stored together
+        c = slice(start, start + n)
+        initial[c] = S[:n]
+        S[:n] = torch.baddbmm(increment[c].flatten(0, 1), S[:n].flatten(0, 1), transition[c].flatten(0, 1)).view(
+            S[:n].shape
+        )
+        start += n
     y_intra += q_eff @ initial.transpose(-1, -2)
-    y[src] = y_intra.permute(0, 2, 1, 3)
-    return y[:T].to(r.dtype)
+    return y_intra.permute(0, 2, 1, 3)
 
 
 class _ChunkLayout:
