@@ -14,12 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-import wkv7_emulator as emul
+from helpers import CUPY_MISSING
 from test_wkv7_reference import naive_wkv7
 
 import visualrwkv_eval.kernels as kernels
-from visualrwkv_eval.kernels.wkv7 import cupy as launcher
 from visualrwkv_eval.kernels.wkv7 import wkv7_decode_torch, wkv7_prefill_torch
+
+pytest.importorskip("cupy", reason=CUPY_MISSING)  # the launcher plans every emulated launch
+import wkv7_emulator as emul
+
+from visualrwkv_eval.kernels.wkv7 import cupy as launcher
 
 GXX, WHY_NOT = emul.gxx()
 pytestmark = pytest.mark.skipif(GXX is None, reason=WHY_NOT)

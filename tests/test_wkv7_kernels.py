@@ -7,12 +7,16 @@ import warnings
 
 import pytest
 import torch
-from cupy.cuda import nvrtc
+from helpers import CUPY_MISSING
 
 import visualrwkv_eval.kernels as kernels
 from visualrwkv_eval.kernels import resolve_backend
-from visualrwkv_eval.kernels.wkv7 import cupy as wkv7_cupy
 from visualrwkv_eval.kernels.wkv7 import wkv7_decode_torch, wkv7_prefill_torch
+
+pytest.importorskip("cupy", reason=CUPY_MISSING)
+from cupy.cuda import nvrtc
+
+from visualrwkv_eval.kernels.wkv7 import cupy as wkv7_cupy
 from visualrwkv_eval.kernels.wkv7.cupy import (
     compile_options,
     kernel_source,
