@@ -36,6 +36,7 @@ class State(Protocol):
 
 class LanguageModel(Protocol):
     wkv_op: str  # the kernels registry's operation: resolve_backend probes it, use_backend picks it
+    backend: str  # the backend use_backend last picked
     blocks: torch.nn.ModuleList  # len(blocks) layers
     config: object  # n_layer, n_embd, dim_ffn, vocab_size at least
 

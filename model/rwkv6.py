@@ -195,11 +195,12 @@ class RWKV6(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.wkv_kernel: WKV = kernels.get(self.wkv_op, "torch")
+        self.backend = "torch"
+        self.wkv_kernel: WKV = kernels.get(self.wkv_op, self.backend)
 
     def use_backend(self, backend: str) -> None:
         """Run the WKV recurrence on `backend` ("torch" | "cupy", as kernels.resolve_backend decides)."""
-        self.wkv_kernel = kernels.get(self.wkv_op, backend)
+        self.backend, self.wkv_kernel = backend, kernels.get(self.wkv_op, backend)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [T] -> rows [T, C]."""

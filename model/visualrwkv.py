@@ -62,7 +62,6 @@ class VisualRWKV(nn.Module):
         self.scan, self.image_position, self.kernel = scan, image_position, kernel
         self.prompt_template, self.blank_image = prompt_template, blank_image
         self.checkpoint_path: str | None = None  # the file load_model read (named in set-up errors)
-        self._bound: tuple | None = None  # (device, dtype, backend) the language model's kernels were picked for
 
     @classmethod
     def from_weights(
@@ -98,11 +97,11 @@ class VisualRWKV(nn.Module):
         return resolve_backend(self.kernel, self.device, self.dtype, self.rwkv.wkv_op)
 
     def _bind_kernels(self) -> None:
-        """Give the language model the WKV implementation for its device and dtype; again only after a move."""
-        key = (self.device, self.dtype, self.kernel)
-        if self._bound != key:
-            self.rwkv.use_backend(self.backend)
-            self._bound = key
+        """Give the language model the WKV implementation for its device and dtype (a cache lookup per forward;
+        the language model switches only when the answer changes, e.g. after a move to another device)."""
+        backend = self.backend
+        if self.rwkv.backend != backend:
+            self.rwkv.use_backend(backend)
 
     @property
     def image_rows(self) -> int:
