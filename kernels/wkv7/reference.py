@@ -27,8 +27,9 @@ and then, with R_b[t, s] = r_t . b_s^(t,s) and R_k[t, s] = r_t . k_s^(t,s) for s
     Y   = (R_dec + R_b W) S_0^T + (R_b U + R_k V)                          R_dec = r * g
     S_L = S_0 (diag(g_L) + W^T B_end) + (U^T B_end + V^T K_end)          B_end = b * g_L / g, K_end = k * g_L / g
 
-Everything but the two products with S_0 is computed for all chunks at once; a loop over chunks (never over
-tokens) carries the state. No cumulative decay is ever divided by: every ratio g_t / g_s is exp of a difference
+The terms of every chunk are computed at once (for a group of chunk positions at a time, to bound memory), with
+(I - A_b)^-1 by block inversion in matrix products (`_ut_inverse`); a loop over chunks (never over tokens) carries
+the state, and the S_0 part of Y is one product after it. No cumulative decay is ever divided by: every ratio g_t / g_s is exp of a difference
 of cumulative log-decays (float64 sums, rounded to fp32 before the exp) with an exponent <= 0, and the pairwise
 scores are formed by halving (`_strict_scores`), so any decay in (0, 1] is exact to fp32 at any chunk length.
 """
