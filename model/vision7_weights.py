@@ -242,7 +242,7 @@ def tiny_image_weights(
 ) -> dict[str, torch.Tensor]:
     """The image side of a random VisualRWKV-7 checkpoint, keys as in the file: `vit.*` (the three towers) and
     `proj.*` (the context-gated projector, or `proj.weight` with gated=False). For make-tiny and tests."""
-    from .projector7 import random_projector_weights
+    from .projector import random_projector_weights
 
     vit = random_tower_state(geometry, seed, dtype)
     proj = random_projector_weights(geometry.hidden_size, n_embd, seed + 1, gated, dtype)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from visualrwkv_eval.model.projector7 import (
+from visualrwkv_eval.model.projector import (
     ContextGatedProjector,
     adaptive_pool,
     build_projector,
@@ -456,3 +456,22 @@ def test_sam_runs_in_groups_of_images_without_changing_them(monkeypatch):
         alone = torch.cat([space_to_depth(tower.sam(x[i : i + 1])) for i in range(3)])
     assert grouped.shape == (3, 16, 64)
     torch.testing.assert_close(grouped, alone, rtol=1e-12, atol=1e-12)
+
+
+def test_projector_kind_is_told_by_the_keys_and_must_fit_the_tower():
+    from types import SimpleNamespace
+
+    from visualrwkv_eval.model.checkpoint import CheckpointError
+    from visualrwkv_eval.model.projector import LinearProjector, check_projector, random_projector_weights
+
+    linear = random_projector_weights(TINY.hidden_size, 32, gated=False)
+    gated = random_projector_weights(TINY.hidden_size, 32)
+    assert isinstance(build_projector(linear), LinearProjector) and linear.keys() == {"weight"}
+    assert isinstance(build_projector(gated), ContextGatedProjector)
+    tower = SimpleNamespace(hidden_size=TINY.hidden_size)
+    check_projector(SimpleNamespace(path="m.pth", proj_weights=gated), tower, "t")  # fits: no error
+    narrow = random_projector_weights(100, 32)
+    with pytest.raises(
+        CheckpointError, match=r"m\.pth: the projector takes 100 features but the vision tower t gives 336"
+    ):
+        check_projector(SimpleNamespace(path="m.pth", proj_weights=narrow), tower, "t")
