@@ -33,7 +33,7 @@ from visualrwkv_eval.model import (
     loglikelihood_batch,
     start_conversation,
 )
-from visualrwkv_eval.model.visualrwkv import parse_device
+from visualrwkv_eval.model.options import parse_device
 from visualrwkv_eval.pipeline import Prefetcher, Prepared, default_workers, rss_anon_mib
 from visualrwkv_eval.settings import generation_settings, parse_batch_size, whole_number
 from visualrwkv_eval.throughput import Throughput
