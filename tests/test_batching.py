@@ -59,6 +59,7 @@ def test_images_encode_alike_alone_and_together(tiny_model):
         assert torch.equal(together[i], tiny_model.encode_images([im])[0])
 
 
+@pytest.mark.slow
 def test_generation_does_not_depend_on_the_batch(tiny_model):
     reqs = requests(10, max_new_tokens=16)
     alone = [generate_batch(tiny_model, [r])[0].new_tokens for r in reqs]
@@ -134,6 +135,7 @@ def test_model_weights_take_the_fast_layout_on_cpu(tiny_model):
     assert linears and all(rowwise._row_major(m.weight.t()) for m in linears)
 
 
+@pytest.mark.slow
 def test_decode_at_batch_1_3_8_32(tiny_model):
     ids = [tiny_model.tokenizer.encode(f"Question {i}: what is {i} + {2 * i}?") for i in range(32)]
     seqs = [(tiny_model.rwkv.emb(torch.tensor(t)), None) for t in ids]

@@ -14,8 +14,9 @@ COMMON = {"benchmark", "device", "dtype", "date", "versions", "size"}
 @pytest.mark.parametrize(
     ("args", "name", "fields"),
     [
-        (["length", "--lengths", "32,64", "--steps", "2"], "length_tiny",
-         {"lengths", "visualrwkv", "transformer", "ratios", "visualrwkv_flatness", "transformer_growth"}),
+        pytest.param(["length", "--lengths", "32,64", "--steps", "2"], "length_tiny",
+         {"lengths", "visualrwkv", "transformer", "ratios", "visualrwkv_flatness", "transformer_growth"},
+         marks=pytest.mark.slow),  # a Llama baseline is built
         (["eval", "--samples", "4", "--batch-sizes", "2,4"], "eval_tiny",
          {"reference_protocol_samples_per_s", "batch_1_samples_per_s", "batched_samples_per_s", "speedup_best",
           "answers_match_reference"}),

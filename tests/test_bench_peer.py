@@ -4,11 +4,14 @@ official package it still runs, and says why the official engine is missing."""
 import json
 import sys
 
+import pytest
+
 from visualrwkv_eval.cli import main
 
 ARGS = ["bench", "peer", "--size", "tiny", "--prompt", "16", "--steps", "2", "--reps", "1"]
 
 
+@pytest.mark.slow  # the official package compiles its TorchScript
 def test_peer_compares_both_engines_on_one_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("RWKV_JIT_ON", "0")  # as tests/test_rwkv_official.py imports the package
     main([*ARGS, "--out", str(tmp_path)])

@@ -10,6 +10,9 @@ import yaml
 
 from visualrwkv_eval.cli import lmms_eval_command, offline_env, results_file
 
+# every test runs lmms-eval's CLI or evaluator over several tasks (the module fixture: six CLI runs)
+pytestmark = pytest.mark.slow
+
 METRICS = {
     "vqav2_val": ["exact_match,none"],
     "vqav2_test": ["submission,none"],

@@ -10,6 +10,7 @@ from visualrwkv_eval.model import RWKV6Config, load_checkpoint
 from visualrwkv_eval.model.tiny import random_rwkv_weights, size_config
 
 
+@pytest.mark.slow  # two CLI processes
 def test_cli_writes_release_format_deterministically(tmp_path):
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-m", "visualrwkv_eval.cli", "make-tiny", str(tmp_path / name), "--seed", "3"],
