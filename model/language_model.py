@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from .rwkv6 import Carry, Packing
+from .packing import Carry, Packing
 
 
 class State(Protocol):

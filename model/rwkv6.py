@@ -23,38 +23,10 @@ from torch import nn
 from visualrwkv_eval import kernels
 
 from .config import HEAD_SIZE_DIVISOR, RWKV6Config
+from .packing import Carry, Packing, token_shift
 from .rowwise import bmm, column_major_, linear, matmul
 
 WKV = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]  # (prefill, decode), kernels.get
-Carry = tuple[torch.Tensor, ...]  # per-row tensors [T, ...] handed from one layer to the next
-
-
-@dataclass
-class Packing:
-    """Where each of B sequences lies in the packed rows."""
-
-    cu_seqlens: torch.Tensor | None  # [B + 1] int64 offsets (CPU); None for a decode step
-    firsts: torch.Tensor | None  # [B] first row of each sequence (model device)
-    lasts: torch.Tensor | None  # [B] last row of each sequence (model device)
-
-    @property
-    def decode(self) -> bool:
-        """A decode step: every sequence is one row long."""
-        return self.cu_seqlens is None
-
-    @staticmethod
-    def from_lengths(lengths: list[int], device: torch.device) -> Packing:
-        if not lengths or min(lengths) < 1:
-            raise ValueError(f"every packed sequence needs at least one row, got lengths {lengths}")
-        cu = torch.tensor([0, *lengths]).cumsum(0)
-        return Packing(cu, cu[:-1].to(device), (cu[1:] - 1).to(device))
-
-    @staticmethod
-    def for_decode() -> Packing:
-        return Packing(None, None, None)
-
-    def last_rows(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.decode else x[self.lasts]
 
 
 @dataclass
@@ -93,16 +65,6 @@ class RecurrentState:
         return RecurrentState(
             *(torch.cat([getattr(s, f) for s in states], 1) for f in ("att_shift", "wkv", "ffn_shift"))
         )
-
-
-def token_shift(x: torch.Tensor, shift: torch.Tensor, pack: Packing) -> torch.Tensor:
-    """The previous row of every row; a sequence's first row gets the carried state."""
-    if pack.decode:
-        return shift
-    prev = torch.empty_like(x)
-    prev[1:] = x[:-1]
-    prev[pack.firsts] = shift
-    return prev
 
 
 class TimeMix(nn.Module):

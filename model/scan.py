@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .rwkv6 import Carry, Packing
+from .packing import Carry, Packing
 
 SCANS = ("bidirectional", "unidirectional", "multidirectional")
 

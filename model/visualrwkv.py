@@ -18,8 +18,8 @@ from .checkpoint import Checkpoint, CheckpointError, check_finite, nonfinite_ten
 from .families import FAMILIES, Recipe, load_checkpoint
 from .generate import GenerationRequest, generate_batch
 from .options import api_image, api_until, check_options, parse_device, parse_dtype
+from .packing import Packing
 from .prompt import POSITIONS, Prompt, prompt_ids
-from .rwkv6 import Packing
 from .scan import SCANS, layer_orders, run_layers
 from .tokenizer import world_tokenizer
 from .vision import VisionEncoder
