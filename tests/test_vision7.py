@@ -475,3 +475,71 @@ def test_projector_kind_is_told_by_the_keys_and_must_fit_the_tower():
         CheckpointError, match=r"m\.pth: the projector takes 100 features but the vision tower t gives 336"
     ):
         check_projector(SimpleNamespace(path="m.pth", proj_weights=narrow), tower, "t")
+
+
+def timm_towers(g):
+    """The reference's own towers built by timm (VisualRWKV-v7/v7.00/src/vision.py: vit_large_patch14_reg4_dinov2
+    and vit_so400m_patch14_siglip_384, here at the tiny geometry with the same options)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    dino = VisionTransformer(
+        img_size=g.dino.image_size, patch_size=g.dino.patch_size, embed_dim=g.dino.hidden, depth=g.dino.depth,
+        num_heads=g.dino.heads, mlp_ratio=g.dino.mlp / g.dino.hidden, init_values=1.0, reg_tokens=g.dino.registers,
+        no_embed_class=True, num_classes=0,
+    )  # fmt: skip
+    siglip = VisionTransformer(
+        img_size=g.siglip.image_size, patch_size=g.siglip.patch_size, embed_dim=g.siglip.hidden,
+        depth=g.siglip.depth, num_heads=g.siglip.heads, mlp_ratio=g.siglip.mlp / g.siglip.hidden,
+        class_token=False, global_pool="map", num_classes=0,
+    )  # fmt: skip
+    return dino, siglip
+
+
+def test_dino_and_siglip_equal_timm_get_intermediate_layers():
+    """Against timm itself, as the reference calls it: get_intermediate_layers(n={depth - 2}) (raw block output,
+    prefix tokens dropped), on the checkpoint-format tensors, float64. Also: timm's own key set and shapes are the
+    checkpoint's (vit.dino_featurizer.*, vit.siglip_featurizer.*)."""
+    pytest.importorskip("timm")
+    sd = random_tower_state(TINY, seed=11, dtype=torch.float64)
+    tdino, tsiglip = timm_towers(TINY)
+    for model, prefix in ((tdino, DINO), (tsiglip, SIGLIP)):
+        theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert theirs == {k.removeprefix(prefix): tuple(v.shape) for k, v in sd.items() if k.startswith(prefix)}
+        model.load_state_dict(sub(sd, prefix))
+        model.double().eval()
+    tower = SigLIPDinoSAMTower.from_vit_state(sd)
+    x = torch.randn(2, 3, 56, 56, dtype=torch.float64)
+    with torch.no_grad():
+        want_dino = tdino.get_intermediate_layers(x, n={TINY.dino.depth - 2})[0]
+        want_siglip = tsiglip.get_intermediate_layers(x, n={TINY.siglip.depth - 2})[0]
+        torch.testing.assert_close(tower.dino_features(x), want_dino, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(tower.siglip_features(x), want_siglip, rtol=1e-10, atol=1e-10)
+    assert want_dino.shape == (2, 16, 128) and want_siglip.shape == (2, 16, 144)
+
+
+def test_position_resampling_equals_timm():
+    pytest.importorskip("timm")
+    from timm.layers import resample_abs_pos_embed
+
+    from visualrwkv_eval.model.vision7_files import resample_positions
+
+    for n, dtype in ((27, torch.bfloat16), (37, torch.float32)):
+        pos = torch.randn(1, n * n, 8).to(dtype)
+        want = resample_abs_pos_embed(pos, new_size=(32, 32), num_prefix_tokens=0, antialias=True)
+        got = resample_positions(pos, 32)
+        assert got.dtype == dtype and torch.equal(got, want)
+
+
+def test_release_key_set_is_timms():
+    """The released towers' vit.dino_featurizer.* / vit.siglip_featurizer.* keys and shapes are those of timm's
+    vit_large_patch14_reg4_dinov2 and vit_so400m_patch14_siglip_384 built at 448 (on the meta device)."""
+    pytest.importorskip("timm")
+    import timm
+    from accelerate import init_empty_weights
+
+    want = expected_shapes(RELEASE)
+    for name, prefix in (("vit_large_patch14_reg4_dinov2", DINO), ("vit_so400m_patch14_siglip_384", SIGLIP)):
+        with init_empty_weights():
+            model = timm.create_model(name, pretrained=False, num_classes=0, img_size=448)
+        theirs = {prefix + k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert theirs == {k: s for k, s in want.items() if k.startswith(prefix)}
