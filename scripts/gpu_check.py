@@ -353,6 +353,57 @@ def find_sanitizer() -> str | None:
     return found or next((str(p) for p in candidates if p.exists()), None)
 
 
+@torch.inference_mode()
+def rwkv7_model() -> dict:
+    """The RWKV-7 language model at the 0B1 shape (random x070 weights) with the WKV7 kernel against the PyTorch
+    reference: packed prefill logits of two prompts and 16 decode steps, fp32 and bf16, plus batch-1 timings."""
+    from visualrwkv_eval.model.packing import Packing
+    from visualrwkv_eval.model.rwkv7 import RWKV7
+    from visualrwkv_eval.model.tiny7 import random_rwkv7_state_dict, size_config7
+
+    cfg, out = size_config7("0b1"), {}
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 65529, (n,), generator=g) for n in (1040, 77)]
+    for dtype in (torch.float32, torch.bfloat16):
+        lm = RWKV7.from_weights(random_rwkv7_state_dict(cfg, seed=0, dtype=dtype)).cuda()
+        res = {}
+        for backend in ("cupy", "torch"):
+            lm.use_backend(backend)
+            state = lm.new_state(2)
+            ids = torch.cat(prompts).cuda()
+            pack = Packing.from_lengths([len(p) for p in prompts], ids.device)
+            hidden = lm(lm.embed_tokens(ids), state, pack)
+            logits = [lm.logits(pack.last_rows(hidden))]
+            token = logits[0].argmax(-1)
+            for _ in range(16):
+                hidden = lm(lm.embed_tokens(token), state, Packing.for_decode())
+                logits.append(lm.logits(hidden, decode=True))
+                token = logits[-1].argmax(-1)
+            torch.cuda.synchronize()
+            res[backend] = torch.stack(logits).float()
+            one = lm.new_state(1)
+            ids1 = prompts[0].cuda()
+            t0 = time.perf_counter()
+            lm(lm.embed_tokens(ids1), one, Packing.from_lengths([len(ids1)], ids1.device))
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            tok = ids1[-1:]
+            for _ in range(32):
+                lm(lm.embed_tokens(tok), one, Packing.for_decode())
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            res[f"{backend}_timing"] = {"prefill_tok_s": len(ids1) / (t1 - t0), "decode_ms": (t2 - t1) / 32 * 1e3}
+        diff = (res["cupy"] - res["torch"]).abs().max().item()
+        agree = (res["cupy"].argmax(-1) == res["torch"].argmax(-1)).float().mean().item()
+        out[str(dtype).removeprefix("torch.")] = {"max_abs_logit_diff": diff, "argmax_agreement": agree,
+                                                   "timing_cupy": res["cupy_timing"], "timing_torch": res["torch_timing"]}  # fmt: skip
+        del lm
+        torch.cuda.empty_cache()
+    if out["float32"]["max_abs_logit_diff"] > 1e-3:
+        raise RuntimeError(f"RWKV-7 fp32 logits: cupy and torch differ: {out}")
+    return out
+
+
 def sanitizers(budget_s: float, out: Path) -> dict:
     tool = find_sanitizer()
     if tool is None:
@@ -363,7 +414,7 @@ def sanitizers(budget_s: float, out: Path) -> dict:
     for name in ("memcheck", "racecheck", "synccheck"):
         # only the WKV kernels are instrumented (kernel-name substring filter); older tools lack the filter
         for only_wkv in (True, False):
-            flags = ["--kernel-name", "kns=wkv6_split"] if only_wkv else []
+            flags = ["--kernel-name", "kns=wkv"] if only_wkv else []  # wkv6_split* and wkv7
             cmd = [tool, "--tool", name, *flags, "--error-exitcode", "9", *target]
             try:
                 done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=each)
@@ -383,8 +434,10 @@ def sanitizers(budget_s: float, out: Path) -> dict:
 
 
 def sanitizer_target() -> None:
-    """Small launches of every entry point and dtype: packed prefill (lengths 0, 9, 17) and a decode step."""
+    """Small launches of every entry point and dtype (WKV6 splits, WKV7): packed prefill (lengths 0, 9, 17) and a
+    decode step."""
     from visualrwkv_eval.kernels.wkv6.cupy import SPLITS, wkv6_decode_cupy, wkv6_prefill_cupy
+    from visualrwkv_eval.kernels.wkv7.cupy import wkv7_decode_cupy, wkv7_prefill_cupy
 
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         r, k, v, w, u, state = inputs(26, 2, dtype, B=3)
@@ -392,6 +445,12 @@ def sanitizer_target() -> None:
         for split in SPLITS:
             wkv6_prefill_cupy(r, k, v, w, u, state, cu, split=split)
             wkv6_decode_cupy(r[:3], k[:3], v[:3], w[:3], u, state, split=split)
+        # WKV7: the same packing; a = -kappa, b = kappa * a with kappa unit-norm per head, as the model calls it
+        kappa = torch.nn.functional.normalize(k.float(), dim=-1)
+        a_lr = torch.sigmoid(u.float()).expand_as(kappa)
+        a, b = (-kappa).to(dtype), (kappa * a_lr).to(dtype)
+        wkv7_prefill_cupy(r, w, k, v, a, b, state, cu)
+        wkv7_decode_cupy(r[:3], w[:3], k[:3], v[:3], a[:3], b[:3], state)
     torch.cuda.synchronize()
     print("sanitizer target done")
 
@@ -423,6 +482,7 @@ def main() -> int:
     report.run("offsets_past_2_31", offsets_past_2_31, 30)
     report.run("long_sequence", long_sequence, 30)
     report.run("tiny_model", tiny_model, 45)
+    report.run("rwkv7_model", rwkv7_model, 40)
     report.run("sanitizers", lambda: sanitizers(min(150.0, report.left() - 5), args.out), 45)
     statuses = [section["status"] for section in report.data["sections"].values()]
     report.data["complete"] = all(s == "ok" for s in statuses)
