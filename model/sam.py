@@ -5,9 +5,12 @@ VisualRWKV-v7/v7.00/src/sam.py, which follows github.com/facebookresearch/segmen
 Written here rather than taken from transformers' `SamVisionModel` because that class cannot reproduce the
 reference's bf16 arithmetic: its neck LayerNorm computes in fp32 and rounds once, where the reference's
 LayerNorm2d rounds every step in the input dtype, and it adds the two relative-position terms to each other
-before adding them to the scores, where the reference adds them one after the other. In fp32 the two agree to
-rounding; in bf16 they do not. Parameter names are the reference's, so the checkpoint's `vit.sam_featurizer.*`
-keys load as they are.
+before adding them to the scores, where the reference adds them one after the other. Measured on CPU (random
+4-block encoder, 256 px, 14-px windows, transformers 5.24): its eager attention differs from the reference by up to
+3e-6 in fp32 and in 82% of the neck outputs in bf16 (up to 0.06); its SDPA attention by up to 0.03 even in fp32.
+This encoder gave every bit of the reference's src/sam.py there, in fp32 and bf16 (checked by running the
+reference's file, which the tests do not ship; they compare against a float64 re-implementation instead).
+Parameter names are the reference's, so the checkpoint's `vit.sam_featurizer.*` keys load as they are.
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ github.com/howard-hou/VisualRWKV, VisualRWKV-v7/v7.00/src/vision.py).
   vit_so400m_patch14_siglip_384 does (transformers' default is the tanh form): block 25 of 27, no prefix tokens,
   the 448 position table as stored in the checkpoint (interpolate_pos_encoding would use a different bicubic).
 - SAM (arXiv 2304.02643) is model/sam.py (why not transformers' class: see there), then 2x2 space-to-depth.
-Both transformers classes use SDPA attention (timm's fused path; the eager path upcasts the softmax). They hold
-only the blocks that run; the stored blocks after the one taken, the final norms and SigLIP's pooling head are kept
-aside, unmodified, so that the tower exports exactly what it loaded.
+Both transformers classes use SDPA attention (timm's fused path; the eager path upcasts the softmax). On CPU
+their features equal timm's get_intermediate_layers (the reference's call) bit for bit in fp32 and bf16 (tested);
+on a GPU the separate q/k/v products may round differently from timm's fused qkv product. They hold
+only the blocks that run (and the final norms, loaded, never run); the stored blocks after the one taken and SigLIP's
+pooling head are kept aside, unmodified, so that the tower exports exactly what it loaded.
 
 Preprocessing (v7.00 src/vision.py, evaluate.py): PIL `.convert("RGB")`, squash (no crop, no pad) with PIL bicubic
 to 448x448 and 1024x1024 as uint8, then /255 in fp32 and (x - mean) / std per encoder: ImageNet mean/std for DINOv2

@@ -543,3 +543,39 @@ def test_release_key_set_is_timms():
             model = timm.create_model(name, pretrained=False, num_classes=0, img_size=448)
         theirs = {prefix + k: tuple(v.shape) for k, v in model.state_dict().items()}
         assert theirs == {k: s for k, s in want.items() if k.startswith(prefix)}
+
+
+def test_dino_and_siglip_are_bitwise_timm_on_cpu_in_fp32_and_bf16():
+    """Same arithmetic as the reference's timm towers, not only the same math: every bit equal on CPU."""
+    pytest.importorskip("timm")
+    sd = random_tower_state(TINY, seed=12)
+    x = torch.randn(2, 3, 56, 56)
+    for dtype in (torch.float32, torch.bfloat16):
+        tdino, tsiglip = timm_towers(TINY)
+        tdino.load_state_dict(sub(sd, DINO))
+        tsiglip.load_state_dict(sub(sd, SIGLIP))
+        tower = SigLIPDinoSAMTower.from_vit_state(sd, dtype=dtype)
+        with torch.no_grad():
+            xd = x.to(dtype)
+            assert torch.equal(tower.dino_features(xd), tdino.to(dtype).eval().get_intermediate_layers(xd, n={1})[0])
+            assert torch.equal(
+                tower.siglip_features(xd), tsiglip.to(dtype).eval().get_intermediate_layers(xd, n={1})[0]
+            )
+
+
+def test_preprocessing_equals_the_references_torchvision_pipeline(tiny):
+    """v7.00 src/vision.py: Resize((S, S), BICUBIC) on the PIL image, ToTensor, Normalize, per encoder."""
+    tv = pytest.importorskip("torchvision.transforms")
+    _, tower = tiny
+    ims = images()
+    vit, sam = unpack_pixels(tower.preprocess(ims), 56, 128)
+    for got, size, (mean, std) in ((vit, 56, IMAGENET), (vit, 56, HALF), (sam, 128, IMAGENET)):
+        pipeline = tv.Compose(
+            [
+                tv.Resize((size, size), interpolation=tv.InterpolationMode.BICUBIC),
+                tv.ToTensor(),
+                tv.Normalize(mean, std),
+            ]
+        )
+        want = torch.stack([pipeline(im.convert("RGB")) for im in ims])
+        assert torch.equal(normalize(got, mean, std), want)
