@@ -32,9 +32,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checkpoint import nonfinite_tensors
 from .sam import SamImageEncoder, space_to_depth
 from .vision7_weights import (
     DINO,
+    RELEASE,
     SAM,
     SIGLIP,
     TowerGeometry,
@@ -298,16 +300,22 @@ class SigLIPDinoSAMTower(nn.Module):
         return torch.cat(feats, dim=2)  # [B, tokens, D_dino + D_siglip + 4 * out_chans]
 
 
-def build_tower(name_or_path: str, vit: dict[str, torch.Tensor] | None) -> SigLIPDinoSAMTower:
+def build_tower(
+    name_or_path: str, vit: dict[str, torch.Tensor] | None, geometry: TowerGeometry = RELEASE
+) -> SigLIPDinoSAMTower:
     """The tower of a VisualRWKV-7 checkpoint: from its `vit.*` tensors when it has them (`name_or_path` unused),
     else from the encoders' own files (`name_or_path`: a folder in the reference's layout, or `hub`; see
-    model/vision7_files.py)."""
+    model/vision7_files.py; `geometry`: the towers those files hold, the released ones unless a test says otherwise)."""
     from .vision7_files import HUB, tower_from_files
 
     if vit:
         return SigLIPDinoSAMTower.from_vit_state(vit)
     if name_or_path == HUB or Path(name_or_path).expanduser().is_dir():
-        return SigLIPDinoSAMTower.from_vit_state(tower_from_files(name_or_path))
+        vit = tower_from_files(name_or_path, geometry)
+        bad = nonfinite_tensors(vit)  # a checkpoint's own vit.* were checked when it was read
+        if bad:
+            raise VisionWeightsError(f"vision tower {name_or_path}: non-finite weights (NaN or inf) in {bad[:4]}")
+        return SigLIPDinoSAMTower.from_vit_state(vit)
     raise VisionWeightsError(
         f"this VisualRWKV-7 checkpoint holds no vision weights (vit.*) and vision_tower={name_or_path!r} is neither "
         f"a folder nor {HUB!r}: pass vision_tower=<folder laid out as the reference's --vision_tower_dir, with "

@@ -380,6 +380,26 @@ def test_encoder_files_in_the_reference_layout(tmp_path):
         np.testing.assert_allclose(got[k + "pos_embed"].numpy(), expect, rtol=1e-5, atol=1e-5)
 
 
+def test_build_tower_from_encoder_files_in_the_release_layout(tmp_path):
+    """build_tower(folder, None) reads the three files; a NaN in them is refused, naming the tensor."""
+    sd = random_tower_state(TINY, seed=4)
+    for tower in (DINO, SIGLIP, SAM):
+        repo, names = SOURCES[tower]
+        (tmp_path / repo).mkdir(parents=True)
+        torch.save(sub(sd, tower), tmp_path / repo / names[-1])
+    built = build_tower(str(tmp_path), None, TINY)
+    assert built.num_tokens == 16 and all(
+        torch.equal(v.double(), sd[k].double()) for k, v in built.vit_state_dict().items()
+    )
+    bad = sub(sd, SAM)
+    bad["neck.1.bias"][3] = float("nan")
+    torch.save(bad, tmp_path / SOURCES[SAM][0] / SOURCES[SAM][1][-1])
+    with pytest.raises(
+        VisionWeightsError, match=r"non-finite weights .*sam_featurizer\.neck\.1\.bias \(1 NaN, 0 inf\)"
+    ):
+        build_tower(str(tmp_path), None, TINY)
+
+
 def test_no_vit_weights_and_no_usable_source_is_a_clear_error():
     with pytest.raises(VisionWeightsError, match=r"holds no vision weights \(vit\.\*\).*vision_tower=hub"):
         build_tower("openai/clip-vit-large-patch14-336", None)
