@@ -1,26 +1,17 @@
-"""VisualRWKV-7's vision tower (DINOv2 + SigLIP + SAM) and projector against plain re-implementations written here
-from the timm / SAM semantics (float64 loops over heads and windows), on tiny random towers in the checkpoint's
-key format; the key mapping's round trip; the geometry of the released towers; errors for malformed towers."""
+"""VisualRWKV-7's vision tower (DINOv2 + SigLIP + SAM) and projector against plain re-implementations
+(tests/vision7_reference.py) on tiny random towers in the checkpoint's key format; the key mapping's round trip;
+the geometry of the released towers; errors for malformed towers."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
+from vision7_reference import HALF, IMAGENET, images, ln, plain_pixels, plain_sam, plain_vit, sub
 
-from visualrwkv_eval.model.projector import (
-    ContextGatedProjector,
-    adaptive_pool,
-    build_projector,
-    projector_in_features,
-)
+from visualrwkv_eval.model.projector import ContextGatedProjector, adaptive_pool, build_projector, projector_in_features
 from visualrwkv_eval.model.sam import space_to_depth
-from visualrwkv_eval.model.siglip_dino_sam import SigLIPDinoSAMTower, build_tower, normalize, unpack_pixels
-from visualrwkv_eval.model.vision7_files import SOURCES, tower_from_files
+from visualrwkv_eval.model.siglip_dino_sam import SigLIPDinoSAMTower, normalize, unpack_pixels
 from visualrwkv_eval.model.vision7_weights import (
     DINO,
     RELEASE,
@@ -33,136 +24,6 @@ from visualrwkv_eval.model.vision7_weights import (
     random_tower_state,
     tiny_image_weights,
 )
-
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-
-def images() -> list[Image.Image]:
-    rng = np.random.default_rng(3)
-    rgba = Image.fromarray(rng.integers(0, 256, (37, 61, 4), dtype=np.uint8), "RGBA")
-    gray = Image.fromarray(rng.integers(0, 256, (150, 90), dtype=np.uint8), "L")
-    return [rgba, gray, Image.radial_gradient("L").convert("P")]
-
-
-# ---- plain re-implementations (float64) ----------------------------------------------------------------------
-
-
-def plain_pixels(im: Image.Image, size: int, mean, std) -> np.ndarray:
-    """torchvision's Resize((S, S), BICUBIC) on a PIL image + ToTensor + Normalize, in numpy float32."""
-    a = np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)).astype(np.float32) / np.float32(255)
-    a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return a.transpose(2, 0, 1)
-
-
-def ln(x, w, b, eps=1e-6):
-    mu = x.mean(-1, keepdim=True)
-    var = ((x - mu) ** 2).mean(-1, keepdim=True)
-    return (x - mu) / torch.sqrt(var + eps) * w + b
-
-
-def gelu(x):
-    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
-
-
-def softmax_rows(s):
-    e = torch.exp(s - s.max(-1, keepdim=True).values)
-    return e / e.sum(-1, keepdim=True)
-
-
-def plain_vit(t: dict, pixels: torch.Tensor, heads: int, take: int, registers: int | None) -> torch.Tensor:
-    """timm ViT to block `take` (no final norm), prefix tokens dropped. registers=None: no CLS at all (SigLIP)."""
-    w = t["patch_embed.proj.weight"]
-    x = F.conv2d(pixels, w, t["patch_embed.proj.bias"], stride=w.shape[-1]).flatten(2).transpose(1, 2)
-    x = x + t["pos_embed"]  # only the patches have positions (DINOv2: no_embed_class; SigLIP: no CLS)
-    prefix = 0
-    if registers is not None:
-        b = x.shape[0]
-        x = torch.cat([t["cls_token"].expand(b, -1, -1), t["reg_token"].expand(b, -1, -1), x], dim=1)
-        prefix = 1 + registers
-    d = x.shape[-1]
-    hd = d // heads
-    for i in range(take + 1):
-        p = lambda n, i=i: t[f"blocks.{i}.{n}"]  # noqa: E731
-        y = ln(x, p("norm1.weight"), p("norm1.bias"))
-        qkv = y @ p("attn.qkv.weight").T + p("attn.qkv.bias")
-        q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
-        out = torch.zeros_like(y)
-        for h in range(heads):
-            s = slice(h * hd, (h + 1) * hd)
-            out[..., s] = softmax_rows(q[..., s] @ k[..., s].transpose(-1, -2) / math.sqrt(hd)) @ v[..., s]
-        out = out @ p("attn.proj.weight").T + p("attn.proj.bias")
-        x = x + (out * p("ls1.gamma") if registers is not None else out)
-        y = ln(x, p("norm2.weight"), p("norm2.bias"))
-        y = gelu(y @ p("mlp.fc1.weight").T + p("mlp.fc1.bias")) @ p("mlp.fc2.weight").T + p("mlp.fc2.bias")
-        x = x + (y * p("ls2.gamma") if registers is not None else y)
-    return x[:, prefix:]
-
-
-def plain_sam_attention(x, p, heads, span):
-    """x [h, w, D] (one window or the whole map): attention with decomposed relative positions, loop over heads."""
-    h, w, d = x.shape
-    hd = d // heads
-    qkv = x.reshape(h * w, d) @ p["attn.qkv.weight"].T + p["attn.qkv.bias"]
-    out = torch.zeros(h * w, d, dtype=x.dtype)
-    rh, rw = p["attn.rel_pos_h"], p["attn.rel_pos_w"]
-    ys, xs = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)  # (row, col) of each position
-    for head in range(heads):
-        q, k, v = (qkv[:, j * d + head * hd : j * d + (head + 1) * hd] for j in range(3))
-        scores = (q @ k.T) / math.sqrt(hd)
-        # query a, key b: + q_a . Rh[row_a - row_b] + q_a . Rw[col_a - col_b] (offsets shifted to be >= 0)
-        table_h = rh[ys[:, None] - ys[None, :] + span - 1]  # [a, b, hd]
-        table_w = rw[xs[:, None] - xs[None, :] + span - 1]
-        scores = scores + torch.einsum("ac,abc->ab", q, table_h) + torch.einsum("ac,abc->ab", q, table_w)
-        out[:, head * hd : (head + 1) * hd] = softmax_rows(scores) @ v
-    return (out @ p["attn.proj.weight"].T + p["attn.proj.bias"]).reshape(h, w, d)
-
-
-def plain_sam(t: dict, pixels: torch.Tensor, g) -> torch.Tensor:
-    """SAM image encoder + neck + 2x2 space-to-depth, one image and one window at a time."""
-    outs = []
-    for img in pixels:
-        w = t["patch_embed.proj.weight"]
-        x = F.conv2d(img[None], w, t["patch_embed.proj.bias"], stride=w.shape[-1])[0].permute(1, 2, 0)
-        x = x + t["pos_embed"][0]
-        n = x.shape[0]
-        for i in range(g.depth):
-            p = {k.removeprefix(f"blocks.{i}."): v for k, v in t.items() if k.startswith(f"blocks.{i}.")}
-            y = ln(x, p["norm1.weight"], p["norm1.bias"])
-            if i in g.global_blocks:
-                y = plain_sam_attention(y, p, g.heads, n)
-            else:
-                ws = g.window
-                padded = math.ceil(n / ws) * ws
-                z = torch.zeros(padded, padded, y.shape[-1], dtype=y.dtype)
-                z[:n, :n] = y  # zero padding after norm1, attended to without a mask
-                for r in range(0, padded, ws):
-                    for c in range(0, padded, ws):
-                        z[r : r + ws, c : c + ws] = plain_sam_attention(z[r : r + ws, c : c + ws], p, g.heads, ws)
-                y = z[:n, :n]
-            x = x + y
-            y = ln(x, p["norm2.weight"], p["norm2.bias"])
-            x = x + gelu(y @ p["mlp.lin1.weight"].T + p["mlp.lin1.bias"]) @ p["mlp.lin2.weight"].T + p["mlp.lin2.bias"]
-        m = x.permute(2, 0, 1)[None]
-        m = F.conv2d(m, t["neck.0.weight"])
-        m = ln(m.permute(0, 2, 3, 1), t["neck.1.weight"], t["neck.1.bias"]).permute(0, 3, 1, 2)
-        m = F.conv2d(m, t["neck.2.weight"], padding=1)
-        m = ln(m.permute(0, 2, 3, 1), t["neck.3.weight"], t["neck.3.bias"]).permute(0, 3, 1, 2)[0]
-        c, hh, ww = m.shape
-        tok = torch.zeros(hh // 2, ww // 2, 4 * c, dtype=m.dtype)
-        for ch in range(c):
-            for dy in range(2):
-                for dx in range(2):
-                    tok[:, :, ch * 4 + dy * 2 + dx] = m[ch, dy::2, dx::2]
-        outs.append(tok.reshape(-1, 4 * c))
-    return torch.stack(outs)
-
-
-def sub(sd: dict, prefix: str) -> dict:
-    return {k.removeprefix(prefix): v.double() for k, v in sd.items() if k.startswith(prefix)}
-
-
-# ---- tests -----------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -329,82 +190,6 @@ def test_adaptive_pool():
         adaptive_pool(x, 5)
 
 
-def keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
-    x = np.abs(x)
-    return np.where(
-        x < 1, (a + 2) * x**3 - (a + 3) * x**2 + 1, np.where(x < 2, a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a, 0.0)
-    )
-
-
-def pil_resample_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """PIL's antialiased bicubic as a matrix: the kernel stretched by the scale when shrinking, its window
-    clipped at the borders and the weights renormalised."""
-    scale = n_in / n_out
-    stretch = max(scale, 1.0)
-    m = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        center = (i + 0.5) * scale
-        lo, hi = max(int(center - 2 * stretch + 0.5), 0), min(int(center + 2 * stretch + 0.5), n_in)
-        j = np.arange(lo, hi)
-        w = keys_cubic((j - center + 0.5) / stretch)
-        m[i, lo:hi] = w / w.sum()
-    return m
-
-
-def test_encoder_files_in_the_reference_layout(tmp_path):
-    """Fallback for a checkpoint without vit.*: timm DINOv2 file (5x5 table with a CLS row, resampled to 4x4),
-    open_clip SigLIP file (3x3 table, upsampled), Meta's SAM file; extra tensors of those files ignored."""
-    want = random_tower_state(TINY, seed=7)
-    gen = torch.Generator().manual_seed(0)
-    dino = {k.removeprefix(DINO): v for k, v in want.items() if k.startswith(DINO)}
-    dino["pos_embed"] = torch.randn(1, 26, 128, generator=gen)
-    siglip = {"visual.trunk." + k.removeprefix(SIGLIP): v for k, v in want.items() if k.startswith(SIGLIP)}
-    siglip["visual.trunk.pos_embed"] = torch.randn(1, 9, 144, generator=gen)
-    siglip["text.token_embedding.weight"] = torch.zeros(3, 4)
-    sam = {"image_encoder." + k.removeprefix(SAM): v for k, v in want.items() if k.startswith(SAM)}
-    sam["prompt_encoder.point_embeddings.0.weight"] = torch.zeros(1, 4)
-    for tower, sd in ((DINO, dino), (SIGLIP, siglip), (SAM, sam)):
-        repo, names = SOURCES[tower]
-        (tmp_path / repo).mkdir(parents=True)
-        torch.save(sd, tmp_path / repo / names[-1])
-    got = tower_from_files(str(tmp_path), TINY)
-    assert list(got) == list(want)
-    for k in want:
-        if not k.endswith(("pos_embed", "cls_token")) or k.startswith(SAM):
-            assert torch.equal(got[k], want[k]), k
-    torch.testing.assert_close(got[DINO + "cls_token"], want[DINO + "cls_token"] + dino["pos_embed"][:, :1])
-    for k, src, n in ((DINO, dino["pos_embed"][0, 1:], 5), (SIGLIP, siglip["visual.trunk.pos_embed"][0], 3)):
-        m = pil_resample_matrix(n, 4)
-        grid = src.double().numpy().reshape(n, n, -1)
-        expect = np.einsum("yi,xj,ijc->yxc", m, m, grid).reshape(1, 16, -1)
-        np.testing.assert_allclose(got[k + "pos_embed"].numpy(), expect, rtol=1e-5, atol=1e-5)
-
-
-def test_build_tower_from_encoder_files_in_the_release_layout(tmp_path):
-    """build_tower(folder, None) reads the three files; a NaN in them is refused, naming the tensor."""
-    sd = random_tower_state(TINY, seed=4)
-    for tower in (DINO, SIGLIP, SAM):
-        repo, names = SOURCES[tower]
-        (tmp_path / repo).mkdir(parents=True)
-        torch.save(sub(sd, tower), tmp_path / repo / names[-1])
-    built = build_tower(str(tmp_path), None, TINY)
-    assert built.num_tokens == 16 and all(
-        torch.equal(v.double(), sd[k].double()) for k, v in built.vit_state_dict().items()
-    )
-    bad = sub(sd, SAM)
-    bad["neck.1.bias"][3] = float("nan")
-    torch.save(bad, tmp_path / SOURCES[SAM][0] / SOURCES[SAM][1][-1])
-    with pytest.raises(
-        VisionWeightsError, match=r"non-finite weights .*sam_featurizer\.neck\.1\.bias \(1 NaN, 0 inf\)"
-    ):
-        build_tower(str(tmp_path), None, TINY)
-
-
-def test_no_vit_weights_and_no_usable_source_is_a_clear_error():
-    with pytest.raises(VisionWeightsError, match=r"holds no vision weights \(vit\.\*\).*vision_tower=hub"):
-        build_tower("openai/clip-vit-large-patch14-336", None)
-
-
 def test_tiny_image_side_end_to_end_and_in_bf16():
     """make-tiny's image weights (vit.* + proj.*) give n_embd-wide rows; the bf16 tower stays within bf16 noise of
     the fp32 one (no reference exists for the bf16 rounding itself)."""
@@ -422,47 +207,6 @@ def test_tiny_image_side_end_to_end_and_in_bf16():
     assert half.dtype == torch.bfloat16
     rel = (half.float() - feats).norm() / feats.norm()
     assert 0 < rel < 0.03, rel
-
-
-def test_sam_from_transformers_weights_equals_transformers_sam(tmp_path):
-    """The fallback reads transformers' SamModel weights (facebook/sam-vit-base's format) into the reference's
-    names; the SAM encoder here then gives transformers' SamVisionModel neck output (float64, eager)."""
-    from safetensors.torch import save_file
-    from transformers import SamVisionConfig, SamVisionModel
-
-    g = TINY.sam
-    cfg = SamVisionConfig(
-        hidden_size=g.hidden, output_channels=g.out_chans, num_hidden_layers=g.depth, num_attention_heads=g.heads,
-        image_size=g.image_size, patch_size=g.patch_size, window_size=g.window, global_attn_indexes=list(g.global_blocks),
-        mlp_dim=g.mlp, layer_norm_eps=1e-6, hidden_act="gelu", attn_implementation="eager",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    hf = SamVisionModel(cfg).double().eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():  # SAM initialises the position tables to zero: make them count
-            p.copy_(
-                torch.randn_like(p) / math.sqrt(p.shape[-1] if p.ndim > 1 else 1)
-                + (name.endswith("weight") and p.ndim == 1)
-            )
-    want = random_tower_state(TINY, seed=3)
-    for tower, sd in (
-        (DINO, sub(want, DINO)),
-        (SIGLIP, {"visual.trunk." + k: v for k, v in sub(want, SIGLIP).items()}),
-    ):
-        repo, names = SOURCES[tower]
-        (tmp_path / repo).mkdir(parents=True)
-        torch.save(sd, tmp_path / repo / names[-1])
-    (tmp_path / SOURCES[SAM][0]).mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / SOURCES[SAM][0] / "model.safetensors")
-    assert all(k.startswith("vision_encoder.") for k in hf.state_dict())
-    vit = tower_from_files(str(tmp_path), TINY)
-    tower = SigLIPDinoSAMTower.from_vit_state(vit, dtype=torch.float64)
-    px = torch.randn(2, 3, g.image_size, g.image_size, dtype=torch.float64)
-    with torch.no_grad():
-        got, ref = tower.sam(px), hf(pixel_values=px).last_hidden_state
-    # transformers' SAM computes its softmax in fp32 even for float64 inputs: agreement to ~1e-7, not 1e-15
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    assert ref.std() > 0.5
 
 
 def test_sam_runs_in_groups_of_images_without_changing_them(monkeypatch):
@@ -495,107 +239,3 @@ def test_projector_kind_is_told_by_the_keys_and_must_fit_the_tower():
         CheckpointError, match=r"m\.pth: the projector takes 100 features but the vision tower t gives 336"
     ):
         check_projector(SimpleNamespace(path="m.pth", proj_weights=narrow), tower, "t")
-
-
-def timm_towers(g):
-    """The reference's own towers built by timm (VisualRWKV-v7/v7.00/src/vision.py: vit_large_patch14_reg4_dinov2
-    and vit_so400m_patch14_siglip_384, here at the tiny geometry with the same options)."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    dino = VisionTransformer(
-        img_size=g.dino.image_size, patch_size=g.dino.patch_size, embed_dim=g.dino.hidden, depth=g.dino.depth,
-        num_heads=g.dino.heads, mlp_ratio=g.dino.mlp / g.dino.hidden, init_values=1.0, reg_tokens=g.dino.registers,
-        no_embed_class=True, num_classes=0,
-    )  # fmt: skip
-    siglip = VisionTransformer(
-        img_size=g.siglip.image_size, patch_size=g.siglip.patch_size, embed_dim=g.siglip.hidden,
-        depth=g.siglip.depth, num_heads=g.siglip.heads, mlp_ratio=g.siglip.mlp / g.siglip.hidden,
-        class_token=False, global_pool="map", num_classes=0,
-    )  # fmt: skip
-    return dino, siglip
-
-
-def test_dino_and_siglip_equal_timm_get_intermediate_layers():
-    """Against timm itself, as the reference calls it: get_intermediate_layers(n={depth - 2}) (raw block output,
-    prefix tokens dropped), on the checkpoint-format tensors, float64. Also: timm's own key set and shapes are the
-    checkpoint's (vit.dino_featurizer.*, vit.siglip_featurizer.*)."""
-    pytest.importorskip("timm")
-    sd = random_tower_state(TINY, seed=11, dtype=torch.float64)
-    tdino, tsiglip = timm_towers(TINY)
-    for model, prefix in ((tdino, DINO), (tsiglip, SIGLIP)):
-        theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        assert theirs == {k.removeprefix(prefix): tuple(v.shape) for k, v in sd.items() if k.startswith(prefix)}
-        model.load_state_dict(sub(sd, prefix))
-        model.double().eval()
-    tower = SigLIPDinoSAMTower.from_vit_state(sd)
-    x = torch.randn(2, 3, 56, 56, dtype=torch.float64)
-    with torch.no_grad():
-        want_dino = tdino.get_intermediate_layers(x, n={TINY.dino.depth - 2})[0]
-        want_siglip = tsiglip.get_intermediate_layers(x, n={TINY.siglip.depth - 2})[0]
-        torch.testing.assert_close(tower.dino_features(x), want_dino, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(tower.siglip_features(x), want_siglip, rtol=1e-10, atol=1e-10)
-    assert want_dino.shape == (2, 16, 128) and want_siglip.shape == (2, 16, 144)
-
-
-def test_position_resampling_equals_timm():
-    pytest.importorskip("timm")
-    from timm.layers import resample_abs_pos_embed
-
-    from visualrwkv_eval.model.vision7_files import resample_positions
-
-    for n, dtype in ((27, torch.bfloat16), (37, torch.float32)):
-        pos = torch.randn(1, n * n, 8).to(dtype)
-        want = resample_abs_pos_embed(pos, new_size=(32, 32), num_prefix_tokens=0, antialias=True)
-        got = resample_positions(pos, 32)
-        assert got.dtype == dtype and torch.equal(got, want)
-
-
-def test_release_key_set_is_timms():
-    """The released towers' vit.dino_featurizer.* / vit.siglip_featurizer.* keys and shapes are those of timm's
-    vit_large_patch14_reg4_dinov2 and vit_so400m_patch14_siglip_384 built at 448 (on the meta device)."""
-    pytest.importorskip("timm")
-    import timm
-    from accelerate import init_empty_weights
-
-    want = expected_shapes(RELEASE)
-    for name, prefix in (("vit_large_patch14_reg4_dinov2", DINO), ("vit_so400m_patch14_siglip_384", SIGLIP)):
-        with init_empty_weights():
-            model = timm.create_model(name, pretrained=False, num_classes=0, img_size=448)
-        theirs = {prefix + k: tuple(v.shape) for k, v in model.state_dict().items()}
-        assert theirs == {k: s for k, s in want.items() if k.startswith(prefix)}
-
-
-def test_dino_and_siglip_are_bitwise_timm_on_cpu_in_fp32_and_bf16():
-    """Same arithmetic as the reference's timm towers, not only the same math: every bit equal on CPU."""
-    pytest.importorskip("timm")
-    sd = random_tower_state(TINY, seed=12)
-    x = torch.randn(2, 3, 56, 56)
-    for dtype in (torch.float32, torch.bfloat16):
-        tdino, tsiglip = timm_towers(TINY)
-        tdino.load_state_dict(sub(sd, DINO))
-        tsiglip.load_state_dict(sub(sd, SIGLIP))
-        tower = SigLIPDinoSAMTower.from_vit_state(sd, dtype=dtype)
-        with torch.no_grad():
-            xd = x.to(dtype)
-            assert torch.equal(tower.dino_features(xd), tdino.to(dtype).eval().get_intermediate_layers(xd, n={1})[0])
-            assert torch.equal(
-                tower.siglip_features(xd), tsiglip.to(dtype).eval().get_intermediate_layers(xd, n={1})[0]
-            )
-
-
-def test_preprocessing_equals_the_references_torchvision_pipeline(tiny):
-    """v7.00 src/vision.py: Resize((S, S), BICUBIC) on the PIL image, ToTensor, Normalize, per encoder."""
-    tv = pytest.importorskip("torchvision.transforms")
-    _, tower = tiny
-    ims = images()
-    vit, sam = unpack_pixels(tower.preprocess(ims), 56, 128)
-    for got, size, (mean, std) in ((vit, 56, IMAGENET), (vit, 56, HALF), (sam, 128, IMAGENET)):
-        pipeline = tv.Compose(
-            [
-                tv.Resize((size, size), interpolation=tv.InterpolationMode.BICUBIC),
-                tv.ToTensor(),
-                tv.Normalize(mean, std),
-            ]
-        )
-        want = torch.stack([pipeline(im.convert("RGB")) for im in ims])
-        assert torch.equal(normalize(got, mean, std), want)
