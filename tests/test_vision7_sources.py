@@ -205,3 +205,31 @@ def test_preprocessing_equals_the_references_torchvision_pipeline():
         )
         want = torch.stack([pipeline(im.convert("RGB")) for im in ims])
         assert torch.equal(normalize(got, mean, std), want)
+
+
+def test_hub_source_tries_each_file_name_and_reports_all(tmp_path, monkeypatch):
+    """vision_tower=hub: each encoder's repository is asked for its file names in order (no network here: the
+    download is faked); when none comes, the error names the repository and every attempt."""
+    import huggingface_hub
+
+    sd = random_tower_state(TINY, seed=6)
+    served = {}
+    for tower in (DINO, SIGLIP, SAM):
+        repo, names = SOURCES[tower]
+        served[(repo, names[-1])] = tmp_path / f"{tower}pt"
+        torch.save(sub(sd, tower), served[(repo, names[-1])])
+    asked = []
+
+    def fake_download(repo_id, filename):
+        asked.append((repo_id, filename))
+        if (repo_id, filename) not in served:
+            raise FileNotFoundError(filename)
+        return str(served[(repo_id, filename)])
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    got = tower_from_files("hub", TINY)
+    assert all(torch.equal(got[k].double(), sd[k].double()) for k in sd)
+    assert asked[:2] == [(SOURCES[DINO][0], "model.safetensors"), (SOURCES[DINO][0], "pytorch_model.bin")]
+    served.pop((SOURCES[SAM][0], SOURCES[SAM][1][-1]))
+    with pytest.raises(VisionWeightsError, match=r"cannot download facebook/sam-vit-base \(sam_vit_b_01ec64\.pth: "):
+        tower_from_files("hub", TINY)
