@@ -88,19 +88,6 @@ def normalize(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
 # ---- transformers models from the checkpoint's timm names ------------------------------------------------------
 
 
-def _split_qkv(t: dict, src: str, dst: str, names: tuple[str, str, str]) -> dict[str, torch.Tensor]:
-    """timm's fused qkv Linear -> three Linears: rows in thirds [q; k; v] (views, no copy of a mapped file)."""
-    out = {}
-    for kind in ("weight", "bias"):
-        for name, part in zip(names, t[f"{src}.{kind}"].chunk(3)):
-            out[f"{dst}.{name}.{kind}"] = part
-    return out
-
-
-def _join_qkv(h: dict, src: str, dst: str, names: tuple[str, str, str]) -> dict[str, torch.Tensor]:
-    return {f"{dst}.{kind}": torch.cat([h[f"{src}.{n}.{kind}"] for n in names]) for kind in ("weight", "bias")}
-
-
 def dino_config(g: ViTGeometry):
     from transformers import Dinov2WithRegistersConfig
 
