@@ -267,3 +267,43 @@ def rwkv6_config(path: Path, rwkv: dict[str, torch.Tensor], proj: dict[str, torc
         if weight.ndim != 2 or weight.shape[0] != config.n_embd:
             raise CheckpointError(f"{path}: proj.weight has shape {tuple(weight.shape)}; expected [{config.n_embd}, D]")
     return config
+
+
+def rwkv7_config(path: Path, rwkv: dict[str, torch.Tensor], proj: dict[str, torch.Tensor]):
+    """The RWKV-7 config of an x070 language model, every dimension and LoRA rank read from the shapes, every key
+    and shape checked (and VisualRWKV-7's projector: context-gated or linear, its output width n_embd)."""
+    from .config import RWKV7Config
+    from .projector import build_projector
+
+    try:
+        config = RWKV7Config.from_weights(rwkv)
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(f"{path}: missing key {e} needed to infer the RWKV-7 model shape") from e
+    if config.vocab_size != WORLD_VOCAB_SIZE:
+        raise CheckpointError(
+            f"{path}: emb.weight has a vocabulary of {config.vocab_size} tokens; VisualRWKV reads and writes text "
+            f"with the RWKV World tokenizer, which needs exactly {WORLD_VOCAB_SIZE} (a model trained with another "
+            "tokenizer cannot be evaluated here)"
+        )
+    expected = config.expected_shapes()
+    missing, unexpected = expected.keys() - rwkv.keys(), rwkv.keys() - expected.keys()
+    prefix = "rwkv." if proj else ""
+    if missing:
+        raise CheckpointError(f"{path}: missing keys: {_few(prefix + k for k in missing)}")
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected keys: {_few(prefix + k for k in unexpected)}")
+    wrong = [f"{prefix}{k} {tuple(rwkv[k].shape)} != {s}" for k, s in expected.items() if rwkv[k].shape != s]
+    if wrong:
+        raise CheckpointError(f"{path}: shape mismatch for {config}: {_few(wrong, 3)}")
+    if proj:
+        try:
+            projector = build_projector({k: v.to("meta") for k, v in proj.items()})
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from e
+        out = projector.o_proj.weight.shape[0] if hasattr(projector, "o_proj") else projector.weight.shape[0]
+        if out != config.n_embd:
+            raise CheckpointError(
+                f"{path}: the projector (proj.*) gives rows of width {out}; the language model's n_embd is "
+                f"{config.n_embd}"
+            )
+    return config

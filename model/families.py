@@ -9,7 +9,7 @@ builder, prompt template and defaults (docs/architecture.md).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,10 +24,15 @@ from .checkpoint import (
     detect_rwkv_version,
     read_checkpoint,
     rwkv6_config,
+    rwkv7_config,
 )
-from .projector import LinearProjector
-from .prompt import Prompt, prompt_ids
+from .left_pad import LeftPad
+from .projector import LinearProjector, build_projector, check_projector
+from .prompt import POSITIONS, Prompt, prompt_ids, prompt_ids7
 from .rwkv6 import RWKV6
+from .rwkv7 import RWKV7
+from .scan import SCANS
+from .siglip_dino_sam import build_tower
 from .vision import VisionEncoder, build_vision_tower
 
 
@@ -57,12 +62,36 @@ class Recipe:
     blank_image: bool = True  # a prompt without an image gets zero image rows (VisualRWKV-6's reference)
     check_projector: Callable[[Checkpoint, VisionEncoder, str], None] = _check_linear_projector
     label: str = ""  # named in errors, e.g. "RWKV-6 (x060)"
+    left_pad: LeftPad | None = None  # the reference's left padding before every forward (model/left_pad.py)
+    max_images: int | None = 1  # images a prompt takes (None: any number; VisualRWKV-6 uses the first)
+    positions: tuple[str, ...] = POSITIONS  # the image positions its template offers
+    scans: tuple[str, ...] = SCANS  # the image scans it was trained with
 
 
 VISUALRWKV_6 = Recipe(rwkv6_config, RWKV6, build_vision_tower, LinearProjector.from_weights, label="RWKV-6 (x060)")
+# VisualRWKV-7 (github.com/howard-hou/VisualRWKV, VisualRWKV-v7/v7.00): DINOv2 + SigLIP + SAM tower, context-gated
+# (or linear) projector, every image first, no scan, left pads of token 261 to a multiple of 16, several images
+VISUALRWKV_7 = Recipe(
+    rwkv7_config,
+    RWKV7,
+    build_tower,
+    build_projector,
+    prompt=prompt_ids7,
+    default_scan="unidirectional",
+    default_position="first",
+    blank_image=False,
+    check_projector=check_projector,
+    label="RWKV-7 (x070)",
+    left_pad=LeftPad(),
+    max_images=None,
+    positions=("first",),
+    scans=("unidirectional",),
+)
 FAMILIES: dict[Family, Recipe] = {
     Family("visualrwkv", 6): VISUALRWKV_6,
     Family("rwkv", 6): Recipe(rwkv6_config, RWKV6, None, None, label="RWKV-6 (x060)"),
+    Family("visualrwkv", 7): VISUALRWKV_7,
+    Family("rwkv", 7): replace(VISUALRWKV_7, vision_tower=None, projector=None),  # text only
 }
 # Families that the key rule of read_checkpoint (name from the key groups, version from the RWKV blocks) cannot tell
 # apart, e.g. two projectors on one RWKV generation: (test on the rwkv, proj and vit key groups, family), asked first.
@@ -77,7 +106,8 @@ def register(family: Family, recipe: Recipe, detect: Callable[[dict, dict, dict]
 
 
 def load_checkpoint(path: str | Path, check_values: bool = True) -> Checkpoint:
-    """Read, split and validate a checkpoint of a known family (VisualRWKV-6, or a plain RWKV-LM x060 file).
+    """Read, split and validate a checkpoint of a known family (VisualRWKV-6 or -7, or a plain RWKV-LM x060 or
+    x070 file).
 
     Refused: files that are no checkpoint (with what they are), other RWKV generations, missing, unexpected
     or misshapen keys, non-float tensors, vocabularies the World tokenizer cannot serve, and with
@@ -89,7 +119,7 @@ def load_checkpoint(path: str | Path, check_values: bool = True) -> Checkpoint:
     if recipe is None:
         what = "no RWKV blocks found" if family.version == 0 else f"detected RWKV {detect_rwkv_version(rwkv)}"
         known = " or ".join(dict.fromkeys(r.label for r in FAMILIES.values()))
-        raise CheckpointError(f"{path}: not an {known} checkpoint: {what}; VisualRWKV v6 needs x060 weights")
+        raise CheckpointError(f"{path}: not an {known} checkpoint: {what}")
     check_float(sd, path)
     config = recipe.read_config(path, rwkv, proj)
     if check_values:

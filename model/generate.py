@@ -27,13 +27,14 @@ if TYPE_CHECKING:  # annotations only: visualrwkv.py imports this module (Visual
 @dataclass
 class GenerationRequest:
     context: str  # the question as lmms-eval builds it; the template is applied here
-    image: Image.Image | None = None
+    # one image, or several in order (families with several image slots, VisualRWKV-7; others use the first)
+    image: Image.Image | list[Image.Image] | None = None
     max_new_tokens: int = 128
     until: tuple[str, ...] = ()
     temperature: float = 0.0  # 0: greedy (the reference)
     top_p: float = 1.0
     seed: int = 0
-    # [1, 3, S, S] from model.preprocess([image]), made ahead of the batch (an image pipeline); used instead
+    # [n, ...] from model.preprocess(images), made ahead of the batch (an image pipeline); used instead
     # of `image`, with the same result
     pixels: torch.Tensor | None = None
     label: str = ""  # who asked (the adapter: "<task> doc <id>"), named in errors
@@ -66,8 +67,11 @@ def check_request(req: GenerationRequest) -> None:
         raise ValueError(f"top_p={req.top_p!r}: expected a number in [0, 1] (1: no nucleus cut)")
     if isinstance(req.seed, bool) or not isinstance(req.seed, numbers.Integral):
         raise TypeError(f"seed={req.seed!r}: expected an int")
-    if req.image is not None and not isinstance(req.image, Image.Image):
-        raise TypeError(f"image: expected a PIL image or None, got {type(req.image).__name__}")
+    images = req.image if isinstance(req.image, list) else [req.image]
+    if req.image is not None and not (images and all(isinstance(im, Image.Image) for im in images)):
+        raise TypeError(
+            f"image: expected a PIL image, a non-empty list of them or None, got {type(req.image).__name__}"
+        )
 
 
 class NonFiniteLogitsError(FloatingPointError):
@@ -135,9 +139,10 @@ def answer_text(model: VisualRWKV, ids: list[int], until: tuple[str, ...]) -> st
         return "\ufffd"  # the reference's decode of invalid UTF-8
 
 
-def image_features(model: VisualRWKV, images: list[Image.Image | torch.Tensor | None]):
-    """Projected features per image (None where there is none) and an error message per failed image.
-    An image is a PIL image or its pixels already preprocessed ([1, 3, S, S], model.preprocess)."""
+def image_features(model: VisualRWKV, images: list[Image.Image | list[Image.Image] | torch.Tensor | None]):
+    """Projected features per request (None where there is no image) and an error message per failed request.
+    A request's image is a PIL image, a list of them, or the pixels already preprocessed ([n, ...],
+    model.preprocess); its features are [tokens, n_embd] for one image, [n, tokens, n_embd] for a list or n > 1."""
     feats: list[torch.Tensor | None] = [None] * len(images)
     errors: list[str | None] = [None] * len(images)
     pixels, where = [], []
@@ -145,15 +150,34 @@ def image_features(model: VisualRWKV, images: list[Image.Image | torch.Tensor | 
         if im is None:
             continue
         try:
-            pixels.append(im if isinstance(im, torch.Tensor) else model.preprocess([im]))
+            pixels.append(
+                im if isinstance(im, torch.Tensor) else model.preprocess(im if isinstance(im, list) else [im])
+            )
             where.append(i)
         except Exception as e:  # a broken image must not take the batch down with it
             errors[i] = f"{type(e).__name__}: {e}"
     if pixels:
-        encoded = model.encode_pixels(torch.cat(pixels))
+        encoded = model.encode_pixels(torch.cat(pixels)).split([p.shape[0] for p in pixels])
         for j, i in enumerate(where):
-            feats[i] = encoded[j]
+            many = isinstance(images[i], list) or encoded[j].shape[0] > 1
+            feats[i] = encoded[j] if many else encoded[j][0]
     return feats, errors
+
+
+def num_images(feats: torch.Tensor | None) -> int:
+    """Images behind a request's features (image_features): 0, 1 ([tokens, n_embd]) or n ([n, tokens, n_embd])."""
+    return 0 if feats is None else feats.shape[0] if feats.dim() == 3 else 1
+
+
+def _usable(model: VisualRWKV, image):
+    """The images of a request the model takes: VisualRWKV-6 the first of a list, VisualRWKV-7 all."""
+    limit = getattr(model, "max_images", 1)
+    if isinstance(image, list) and limit is not None:
+        image = image[:limit]
+        return image[0] if limit == 1 else image
+    if isinstance(image, torch.Tensor) and limit is not None:
+        return image[:limit]
+    return image
 
 
 def _next_tokens(logits: torch.Tensor, requests: list[GenerationRequest], generators) -> tuple[list[int], list[int]]:
@@ -260,10 +284,10 @@ def start_conversation(
 def _first_turn(model: VisualRWKV, requests, keep_state: bool, stats: BatchStats | None):
     stats = stats or BatchStats()
     start = stats.clock(model.device)
-    feats, errors = image_features(model, [r.visual for r in requests])
+    feats, errors = image_features(model, [_usable(model, r.visual) for r in requests])
     stats.prefill_seconds += stats.clock(model.device) - start
     ok = [i for i, e in enumerate(errors) if e is None]
-    seqs = [model.embed(model.prompt(requests[i].context, feats[i] is not None), feats[i]) for i in ok]
+    seqs = [model.embed(model.prompt(requests[i].context, num_images(feats[i])), feats[i]) for i in ok]
     results = [Generation("", 0, [], e) for e in errors]
     if ok:
         conversation = _answer(model, requests, ok, seqs, None, keep_state, results, stats)
@@ -302,13 +326,13 @@ def loglikelihood_batch(
 ) -> list[tuple[float, bool]]:
     """(sum of log-probs of `continuation` after the prompt of `context`, whether greedy decoding would
     produce it) for each (context, continuation, image)."""
-    feats, errors = image_features(model, [im for _, _, im in requests])
+    feats, errors = image_features(model, [_usable(model, im) for _, _, im in requests])
     for e in errors:
         if e:
             raise ValueError(f"image could not be processed: {e}")
     seqs, rows, conts = [], [], []
     for (context, continuation, _), img in zip(requests, feats):
-        prompt_rows, first_patch = model.embed(model.prompt(context, img is not None), img)
+        prompt_rows, first_patch = model.embed(model.prompt(context, num_images(img)), img)
         cont = model.tokenizer.encode(continuation)
         cont_rows = model.embed_tokens(cont)
         seqs.append((torch.cat([prompt_rows, cont_rows]), first_patch))

@@ -88,3 +88,20 @@ def prompt_ids(tokenizer: WorldTokenizer, question: str, has_image: bool, positi
         return Prompt((tokenizer.encode(chunks[0]) + assistant,))
     before, after = (tokenizer.encode(c) for c in chunks)
     return Prompt((before, ImageSlot(0), after + assistant))
+
+
+def prompt_ids7(tokenizer: WorldTokenizer, question: str, num_images: int | bool, position: str = "first") -> Prompt:
+    """VisualRWKV-7's one-turn prompt (github.com/howard-hou/VisualRWKV, VisualRWKV-v7/v7.00/src/dataset.py):
+    every image first, "User: " + "<image>\\n" * n + question + "\\n\\n", then "Assistant:"; each turn and each
+    chunk between image slots tokenised on its own, so "User: " ends in its own space token and the question chunk
+    starts with "\\n". `num_images` = n (a bool counts as 0 or 1); n = 0 gives the plain text prompt (the reference
+    skips text-only items; here they are answered without image rows)."""
+    if position != "first":
+        raise ValueError(f"image_position={position!r}: VisualRWKV-7 puts its images first (image_position=first)")
+    value = (f"{IMAGE}\n" * int(num_images) + _clean(question.replace(IMAGE, ""))).strip()
+    chunks = f"User: {value}\n\n".split(IMAGE)
+    segments: list[Segment] = [tokenizer.encode(chunks[0])]
+    for i, chunk in enumerate(chunks[1:]):
+        segments += [ImageSlot(i), tokenizer.encode(chunk)]
+    segments[-1] = segments[-1] + tokenizer.encode("Assistant:")
+    return Prompt(tuple(segments))

@@ -167,11 +167,12 @@ class RWKV7(nn.Module):
         self.blocks = nn.ModuleList(Block7(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.kernel: WKV = kernels.get(self.wkv_op, "torch")
+        self.backend = "torch"  # the backend use_backend last picked (VisualRWKV re-binds when it differs)
+        self.kernel: WKV = kernels.get(self.wkv_op, self.backend)
 
     def use_backend(self, backend: str) -> None:
         """Run the WKV recurrence on `backend` ("torch" | "cupy", as kernels.resolve_backend decides)."""
-        self.kernel = kernels.get(self.wkv_op, backend)
+        self.backend, self.kernel = backend, kernels.get(self.wkv_op, backend)
 
     @staticmethod
     def from_weights(weights: dict[str, torch.Tensor], config: RWKV7Config | None = None) -> RWKV7:

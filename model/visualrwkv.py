@@ -14,6 +14,7 @@ from torch import nn
 
 from visualrwkv_eval.kernels import KERNELS, resolve_backend
 
+from . import left_pad
 from .checkpoint import Checkpoint, CheckpointError, check_finite, nonfinite_tensors
 from .families import FAMILIES, Recipe, load_checkpoint
 from .generate import GenerationRequest, generate_batch
@@ -39,11 +40,16 @@ class VisualRWKV(nn.Module):
         kernel: str = "auto",
         prompt_template=prompt_ids,
         blank_image: bool = True,
+        pad: left_pad.LeftPad | None = None,
+        padding: str = "exact",
+        max_images: int | None = 1,
     ):
         """`rwkv`: the language model (model/language_model.py); `vision` and `proj`: the tower and projector
         (None: a plain language-model checkpoint, text only); `prompt_template(tokenizer, question, has_image,
         position) -> Prompt`; `blank_image`: a prompt without an image still gets zero image rows before its
-        text, as VisualRWKV-6's reference does."""
+        text, as VisualRWKV-6's reference does; `pad`: the family's left padding (VisualRWKV-7: token 261 up to a
+        multiple of 16 before every forward), run `padding`="exact" or "once" (model/left_pad.py); `max_images`:
+        images a prompt takes (None: any number)."""
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"scan={scan!r}: expected one of {', '.join(SCANS)}")
@@ -58,6 +64,9 @@ class VisualRWKV(nn.Module):
         self.tokenizer = world_tokenizer()
         self.scan, self.image_position, self.kernel = scan, image_position, kernel
         self.prompt_template, self.blank_image = prompt_template, blank_image
+        if padding not in left_pad.PADDINGS:
+            raise ValueError(f"padding={padding!r}: expected one of {', '.join(left_pad.PADDINGS)}")
+        self.pad, self.padding, self.max_images = pad, padding, max_images
         self.checkpoint_path: str | None = None  # the file load_model read (named in set-up errors)
 
     @classmethod
@@ -77,7 +86,8 @@ class VisualRWKV(nn.Module):
             rwkv = recipe.language_model(config)
         rwkv.load_state_dict(rwkv_weights, strict=True, assign=True)
         proj = None if vision is None else recipe.projector(proj_weights)
-        options = dict(prompt_template=recipe.prompt, blank_image=recipe.blank_image) | options
+        defaults = dict(prompt_template=recipe.prompt, blank_image=recipe.blank_image, pad=recipe.left_pad)
+        options = defaults | dict(max_images=recipe.max_images) | options
         return cls(rwkv.eval(), vision, proj, **options).eval()
 
     @property
@@ -110,6 +120,8 @@ class VisualRWKV(nn.Module):
         its prefill (image rows + `text_rows`), its logits and its image in the tower."""
         cfg, item = self.config, self.dtype.itemsize
         state = self.rwkv.new_state(1, self.dtype, "meta").bytes_per_sequence
+        if self.pad is not None and self.padding == "exact":  # up to one chain per pad count, and the rows
+            state *= self.pad.multiple + 1
         rows = self.image_rows + text_rows
         activations = rows * (12 * cfg.n_embd + 2 * cfg.dim_ffn) * item
         tower = 0 if self.vision is None else rows * self.vision.hidden_size * 16 * item
@@ -135,7 +147,8 @@ class VisualRWKV(nn.Module):
         feats = torch.cat([self.vision(group) for group in groups])
         return self.proj(feats.flatten(0, 1)).view(*feats.shape[:2], -1)
 
-    def prompt(self, question: str, has_image: bool) -> Prompt:
+    def prompt(self, question: str, has_image: bool | int) -> Prompt:
+        """The template's prompt; `has_image` may be the number of images (for families that take several)."""
         return self.prompt_template(self.tokenizer, question, has_image, self.image_position)
 
     def embed_tokens(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
@@ -149,7 +162,10 @@ class VisualRWKV(nn.Module):
         prompt without an image still gets its image rows, all zero, before the text, as the reference does
         (github.com/howard-hou/VisualRWKV, VisualRWKV-v6/v6.0/src/dataset.py); a plain language model gets none.
         """
-        feats = [images] if isinstance(images, torch.Tensor) else list(images or [])
+        if isinstance(images, torch.Tensor):  # one image [tokens, n_embd], or several [n, tokens, n_embd]
+            feats = list(images) if images.dim() == 3 else [images]
+        else:
+            feats = list(images or [])
         if prompt.num_images > len(feats):
             raise ValueError("the prompt has an image slot but no image features were given")
         parts, starts, row = [], [], 0
@@ -188,8 +204,22 @@ class VisualRWKV(nn.Module):
         its own state.
 
         Returns, per sequence, the logits [n, vocab] of the rows in `logit_rows` (default: its last row),
-        and the state after the sequences (updated in place when given).
+        and the state after the sequences (updated in place when given). A left-padded family (VisualRWKV-7)
+        computes them with the reference's pads (model/left_pad.py); its state is then a left_pad.PaddedState
+        with padding=exact.
         """
+        if self.pad is not None:
+            return left_pad.prefill(self, self.pad, self.padding, seqs, state, logit_rows)
+        return self.raw_prefill(seqs, state, logit_rows)
+
+    @torch.inference_mode()
+    def raw_prefill(
+        self,
+        seqs: list[tuple[torch.Tensor, int | list[int] | None]],
+        state=None,
+        logit_rows: list[list[int]] | None = None,
+    ):
+        """`prefill` without left padding: the language model on exactly these rows."""
         self._bind_kernels()
         lengths = [rows.shape[0] for rows, _ in seqs]
         pack = Packing.from_lengths(lengths, self.device)
@@ -207,15 +237,23 @@ class VisualRWKV(nn.Module):
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, state) -> torch.Tensor:
-        """One recurrent step for B sequences: tokens [B] -> logits [B, vocab]; `state` is updated."""
+        """One step for B sequences: tokens [B] -> logits [B, vocab]; `state` is updated (with left padding:
+        the state of the sequences' pad chains, model/left_pad.py)."""
+        if self.pad is not None:
+            return left_pad.decode(self, self.pad, self.padding, tokens, state)
+        return self.raw_decode(tokens, state)
+
+    @torch.inference_mode()
+    def raw_decode(self, tokens: torch.Tensor, state) -> torch.Tensor:
+        """One recurrent step without left padding: tokens [B] -> logits [B, vocab]; `state` is updated."""
         self._bind_kernels()
         hidden = run_layers(self.rwkv, self.embed_tokens(tokens), state, Packing.for_decode(), None)
         return self.rwkv.logits(hidden, decode=True)
 
     @torch.inference_mode()
     def text_logits(self, ids: list[int]) -> torch.Tensor:
-        """The language model alone on token ids (no image rows): logits [len(ids), vocab]."""
-        (logits,), _ = self.prefill([(self.embed_tokens(ids), None)], logit_rows=[list(range(len(ids)))])
+        """The language model alone on token ids (no image rows, no left pads): logits [len(ids), vocab]."""
+        (logits,), _ = self.raw_prefill([(self.embed_tokens(ids), None)], logit_rows=[list(range(len(ids)))])
         return logits
 
     # ---- the user-facing call (model/generate.py does the work) --------------------------------------
@@ -227,9 +265,10 @@ class VisualRWKV(nn.Module):
         until: list[str] | None = None,
         **sampling,
     ) -> str:
-        """The answer to `context` (the question as lmms-eval builds it) about the first of `images`.
+        """The answer to `context` (the question as lmms-eval builds it) about `images`.
 
-        `images`: a PIL image, a uint8 numpy array (H, W[, 1|3|4]) or a list of them (the first is used);
+        `images`: a PIL image, a uint8 numpy array (H, W[, 1|3|4]) or a list of them (VisualRWKV-6 uses the
+        first; VisualRWKV-7 all of them, in order);
         `until`: a stop string or a list of them; sampling keywords: temperature (0: greedy), top_p, seed.
         """
         unknown = set(sampling) - {"temperature", "top_p", "seed"}
@@ -237,7 +276,8 @@ class VisualRWKV(nn.Module):
             raise TypeError(
                 f"generate() got unknown keywords {sorted(unknown)}; sampling takes temperature, top_p, seed"
             )
-        image = api_image(images)
+        many = isinstance(images, (list, tuple)) and len(images) > 1 and self.max_images != 1
+        image = [api_image(im) for im in images] if many else api_image(images)
         if image is not None and self.vision is None:
             raise ValueError(
                 "this checkpoint has no vision tower and projector (a plain RWKV-LM file): text only, pass no images"
@@ -265,20 +305,28 @@ def load_model(
     scan: str | None = None,
     image_position: str | None = None,
     kernel: str = "auto",
+    padding: str | None = None,
 ) -> VisualRWKV:
     """A VisualRWKV (or a text-only language model) from a .pth / .safetensors checkpoint, ready for inference.
 
     The checkpoint's family (model/families.py) decides the parts; `scan` and `image_position` default to the
-    family's (VisualRWKV-6: bidirectional, middle). Every argument is checked before the checkpoint is read, and
+    family's (VisualRWKV-6: bidirectional, middle; VisualRWKV-7: unidirectional, first, the only ones it has).
+    `padding` (VisualRWKV-7 only): "exact" (default), the reference's left pads recomputed for every token, or
+    "once", pads before the prompt only, then plain recurrent decoding (faster; see model/left_pad.py). A
+    VisualRWKV-7 checkpoint without `vit.*` weights takes its towers from `vision_tower`: a folder laid out as the
+    reference's --vision_tower_dir, or "hub" (model/vision7_files.py). Every argument is checked before the checkpoint is read, and
     the WKV kernel is probed before the vision tower is built. The weights end up in memory the model owns: a
     tensor still mapped from the file (CPU at the stored dtype) is copied, so that rewriting or truncating the
     file later never changes the model or kills the process (SIGBUS).
     """
     check_options(pretrained, vision_tower, scan, image_position, kernel)
+    if padding is not None and padding not in left_pad.PADDINGS:
+        raise ValueError(f"padding={padding!r}: expected one of {', '.join(left_pad.PADDINGS)}")
     device = parse_device(device)
     dtype = parse_dtype(dtype, device)
     ckpt = load_checkpoint(pretrained, check_values=False)  # checked below, once converted
     recipe = FAMILIES[ckpt.family]
+    _check_family_options(recipe, scan, image_position, padding)
     # a CUDA kernel that cannot run shows here, not mid-evaluation
     resolve_backend(kernel, device, dtype, recipe.language_model.wkv_op)
     vision = None
@@ -288,12 +336,26 @@ def load_model(
     options = dict(
         scan=scan or recipe.default_scan, image_position=image_position or recipe.default_position, kernel=kernel
     )
+    if padding is not None:
+        options["padding"] = padding
     model = VisualRWKV.from_weights(recipe, ckpt.config, ckpt.rwkv, ckpt.proj_weights, vision, **options)
     model = model.to(device=device, dtype=dtype)
     own_memory(model)
     model.checkpoint_path = str(ckpt.path)
     check_weights(model, ckpt)
     return model
+
+
+def _check_family_options(recipe: Recipe, scan: str | None, image_position: str | None, padding: str | None) -> None:
+    """Options the checkpoint's family does not have: refused, naming what it offers."""
+    if scan is not None and scan not in recipe.scans:
+        raise ValueError(f"scan={scan!r}: {recipe.label} checkpoints take {' or '.join(recipe.scans)}")
+    if image_position is not None and image_position not in recipe.positions:
+        raise ValueError(
+            f"image_position={image_position!r}: {recipe.label} checkpoints take {' or '.join(recipe.positions)}"
+        )
+    if padding is not None and recipe.left_pad is None:
+        raise ValueError(f"padding={padding!r}: {recipe.label} checkpoints have no left padding; leave it unset")
 
 
 def check_weights(model: VisualRWKV, ckpt: Checkpoint) -> None:
