@@ -1,5 +1,7 @@
 """Random-weight VisualRWKV models in the release key format: tiny ones for tests and the demo, and
-real-shaped ones (1B6 / 3B / 7B with a ViT-L/14-336 tower) for performance work. Deterministic per seed."""
+real-shaped ones for performance work (VisualRWKV-6: 1B6 / 3B / 7B with a ViT-L/14-336 tower; VisualRWKV-7:
+0B1 / 0B4 / 1B5 with the SigLIP + DINOv2 + SAM towers, model/tiny7.py and model/vision7_weights.py).
+Deterministic per seed."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from .visualrwkv import VisualRWKV
 # "small" is a CPU benchmark shape (RWKV-169M-like), not a release
 SIZES = {"tiny": (4, 128), "small": (12, 768), "1b6": (24, 2048), "3b": (32, 2560), "7b": (32, 4096)}
 TINY_STOP_LOGIT = 9.0
+FAMILY_NAMES = ("v6", "v7")  # make-tiny --family: VisualRWKV-6 (sizes SIZES) or VisualRWKV-7 (tiny7.SIZES7)
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -111,23 +114,39 @@ def random_parts(size: str, seed: int, dtype: torch.dtype, device: str | torch.d
 
 
 def random_model(
-    size: str, seed: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **kw
+    size: str,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    family: str = "v6",
+    **kw,
 ) -> VisualRWKV:
-    """A random-weight VisualRWKV built in memory (no files): for benchmarks of real shapes."""
+    """A random-weight VisualRWKV (`family` v6 or v7) built in memory (no files): for benchmarks of real shapes.
+    `kw`: VisualRWKV options (kernel=, padding=, ...)."""
+    if family == "v7":
+        return _random_model7(size, seed, dtype, device, **kw)
     cfg, weights, proj, clip, processor = random_parts(size, seed, dtype, device, stop_logit=0.0)
     vision = VisionTower(clip.eval(), processor)
     return VisualRWKV.from_weights(VISUALRWKV_6, cfg, weights, {"weight": proj}, vision, **kw)
 
 
-def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", stop_logit: float | None = None) -> Path:
-    """Write OUT/model.pth (VisualRWKV keys: rwkv.*, proj.weight, vit.*) and OUT/vision_tower/ (HF CLIP).
+def make_tiny(
+    out: str | Path, seed: int = 0, size: str = "tiny", stop_logit: float | None = None, family: str = "v6"
+) -> Path:
+    """Write OUT/model.pth in the release key format of `family`: VisualRWKV-6 (rwkv.*, proj.weight, vit.*, and
+    OUT/vision_tower/, an HF CLIP folder) or VisualRWKV-7 (rwkv.* x070, vit.* with the three towers, proj.*; no
+    folder: the towers are built from vit.*).
 
-    The tiny model's answers stop after a few tokens (stop_logit 9) unless `stop_logit` says otherwise;
+    The tiny models' answers stop after a few tokens (stop_logit 9) unless `stop_logit` says otherwise;
     real-shaped models get no such prior.
     """
+    if family not in FAMILY_NAMES:
+        raise ValueError(f"family={family!r}: expected one of {', '.join(FAMILY_NAMES)}")
     if stop_logit is None:
         stop_logit = TINY_STOP_LOGIT if size == "tiny" else 0.0
     out = Path(out)
+    if family == "v7":
+        return _make_tiny7(out, seed, size, stop_logit)
     dtype = torch.float32 if size == "tiny" else torch.bfloat16
     _, weights, proj, clip, processor = random_parts(size, seed, dtype, "cpu", stop_logit)
     clip.save_pretrained(out / "vision_tower")
@@ -137,4 +156,49 @@ def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", stop_logit: fl
     for k, v in clip.state_dict().items():  # the release spelling, whatever the transformers version
         sd[f"vit.{RELEASE_PREFIX}{k.removeprefix(RELEASE_PREFIX)}"] = v.contiguous()
     torch.save(sd, out / "model.pth")
+    return out
+
+
+def tower_geometry7(size: str):
+    """The VisualRWKV-7 towers of a size: the released ones (448 px SigLIP / DINOv2, 1024 px SAM, 1024 tokens of
+    3200) for the real sizes, whose towers time like the release's; a 56 px / 128 px toy (16 tokens) for 'tiny'."""
+    from .vision7_weights import RELEASE, TINY
+
+    return TINY if size == "tiny" else RELEASE
+
+
+def random_state7(size: str, seed: int = 0, dtype: torch.dtype = torch.float32, stop_logit: float = 0.0) -> dict:
+    """A VisualRWKV-7 checkpoint's tensors, keys and order as the reference's trainer saves them (the module order
+    rwkv, vit, proj of github.com/howard-hou/VisualRWKV, VisualRWKV-v7/v7.00/src/model.py): the x070 language model
+    of model/tiny7.py, the three towers and the context-gated projector of model/vision7_weights.py."""
+    from .tiny7 import random_rwkv7_state_dict, size_config7
+    from .vision7_weights import tiny_image_weights
+
+    cfg = size_config7(size)
+    sd = {f"rwkv.{k}": v for k, v in random_rwkv7_state_dict(cfg, seed, dtype, stop_logit).items()}
+    # other seeds than the language model's, so that no tower tensor repeats a language-model draw
+    return sd | tiny_image_weights(cfg.n_embd, seed + 1, tower_geometry7(size), dtype)
+
+
+def _random_model7(size: str, seed: int, dtype: torch.dtype, device: str | torch.device, **kw) -> VisualRWKV:
+    from .families import VISUALRWKV_7
+    from .siglip_dino_sam import SigLIPDinoSAMTower
+    from .tiny7 import size_config7
+
+    sd = random_state7(size, seed, dtype)
+    vit = {k.removeprefix("vit."): v for k, v in sd.items() if k.startswith("vit.")}
+    proj = {k.removeprefix("proj."): v for k, v in sd.items() if k.startswith("proj.")}
+    rwkv = {k.removeprefix("rwkv."): v for k, v in sd.items() if k.startswith("rwkv.")}
+    options = dict(scan=VISUALRWKV_7.default_scan, image_position=VISUALRWKV_7.default_position) | kw
+    vision = SigLIPDinoSAMTower.from_vit_state(vit)
+    model = VisualRWKV.from_weights(VISUALRWKV_7, size_config7(size), rwkv, proj, vision, **options)
+    return model.to(device)
+
+
+def _make_tiny7(out: Path, seed: int, size: str, stop_logit: float) -> Path:
+    # real sizes in bf16 like the release (0B1 2.1 GB, 0B4 2.6 GB, 1B5 4.7 GB: the towers alone are 0.82 G
+    # parameters); they are for GPU work, where the towers cost what the release's cost
+    dtype = torch.float32 if size == "tiny" else torch.bfloat16
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(random_state7(size, seed, dtype, stop_logit), out / "model.pth")
     return out

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from visualrwkv_eval.bench import SIZE_NAMES
+from visualrwkv_eval.bench import ALL_SIZE_NAMES, FAMILY_SIZES
 
 MINI_NOTE = (
     "The demo model has random weights: its scores are meaningless. The run proves the pipeline (model, "
@@ -23,8 +23,12 @@ MINI_NOTE = (
 def _make_tiny(args: argparse.Namespace) -> None:
     from visualrwkv_eval.model.tiny import make_tiny
 
-    out = make_tiny(args.out, seed=args.seed, size=args.size)
-    print(f"wrote {out / 'model.pth'} and {out / 'vision_tower'}")
+    if args.size not in FAMILY_SIZES[args.family]:
+        sys.exit(f"make-tiny --family {args.family}: --size {args.size} is not one of its sizes "
+                 f"({', '.join(FAMILY_SIZES[args.family])})")  # fmt: skip
+    out = make_tiny(args.out, seed=args.seed, size=args.size, family=args.family)
+    folder = f" and {out / 'vision_tower'}" if args.family == "v6" else " (vision towers in its vit.* keys)"
+    print(f"wrote {out / 'model.pth'}{folder}")
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -120,7 +124,10 @@ def build_parser(benchmarks: tuple[str, ...] | None = None) -> argparse.Argument
     p = sub.add_parser("make-tiny", help="write a random-weight VisualRWKV (model.pth + vision_tower/)")
     p.add_argument("out", help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="tiny", choices=SIZE_NAMES)
+    p.add_argument("--family", default="v6", choices=tuple(FAMILY_SIZES), help="VisualRWKV-6 or VisualRWKV-7")
+    p.add_argument(
+        "--size", default="tiny", choices=ALL_SIZE_NAMES, help="v6: tiny|small|1b6|3b|7b; v7: tiny|0b1|0b4|1b5"
+    )
     p.set_defaults(func=_make_tiny)
     p = sub.add_parser("tasks", help="write the mini benchmarks and the task YAMLs (mini and paper protocol)")
     p.add_argument("out", help="output folder (data/ and tasks/ go there)")

@@ -12,8 +12,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-# the shapes of visualrwkv_eval.model.tiny.SIZES, named here without importing torch (a test keeps them equal)
+# the shapes of visualrwkv_eval.model.tiny.SIZES (VisualRWKV-6) and model.tiny7.SIZES7 (VisualRWKV-7), named
+# here without importing torch (tests keep them equal)
 SIZE_NAMES = ("tiny", "small", "1b6", "3b", "7b")
+SIZE_NAMES7 = ("tiny", "0b1", "0b4", "1b5")
+FAMILY_SIZES = {"v6": SIZE_NAMES, "v7": SIZE_NAMES7}
+ALL_SIZE_NAMES = tuple(dict.fromkeys(SIZE_NAMES + SIZE_NAMES7))
 # name -> (module under visualrwkv_eval.bench, one line for --help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "length": ("length", "decode latency and memory against inference length, vs a Transformer"),
@@ -25,6 +29,16 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "batching": ("batching", "the mini benchmarks through the lmms-eval CLI at batch 1 and 8: speed-up"),
     "pipeline": ("pipeline", "the adapter's image pipeline feeding the model: samples/s against image workers"),
 }
+
+
+def family_of(size: str, family: str | None = None) -> str:
+    """The family a benchmark's --size names: `family` if given (it must have that size), else the one whose
+    sizes hold it (VisualRWKV-6 for 'tiny', the size both have)."""
+    if family is None:
+        family = "v6" if size in SIZE_NAMES else "v7"
+    if size not in FAMILY_SIZES[family]:
+        raise SystemExit(f"--size {size} is not a {family} size: expected one of {', '.join(FAMILY_SIZES[family])}")
+    return family
 
 
 def load(name: str) -> ModuleType:

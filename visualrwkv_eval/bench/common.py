@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import SIZE_NAMES
+from . import ALL_SIZE_NAMES, FAMILY_SIZES, family_of
 
 
 def device_name(device: torch.device) -> str:
@@ -46,15 +46,43 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
     }
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the benchmarks that time a random-weight model of a released shape."""
-    parser.add_argument("--size", default="small", choices=SIZE_NAMES, help="random weights of this shape")
+def add_model_arguments(parser: argparse.ArgumentParser, padding: str = "exact") -> None:
+    """Options of the benchmarks that time a random-weight model of a released shape; `padding`: this
+    benchmark's default for VisualRWKV-7's left padding."""
+    parser.add_argument(
+        "--size", default="small", choices=ALL_SIZE_NAMES,
+        help="random weights of this shape: VisualRWKV-6 tiny|small|1b6|3b|7b, VisualRWKV-7 0b1|0b4|1b5",
+    )  # fmt: skip
+    parser.add_argument(
+        "--family", default=None, choices=tuple(FAMILY_SIZES),
+        help="default: the family of --size (v6 for tiny); --family v7 --size tiny is the tiny VisualRWKV-7",
+    )  # fmt: skip
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument(
         "--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default: bf16 on CUDA"
     )
     parser.add_argument("--kernel", default="auto", choices=["auto", "cupy", "torch"])
+    parser.add_argument(
+        "--padding", default=padding, choices=["exact", "once"],
+        help=f"VisualRWKV-7's left pads (model_arg padding): exact = the reference's, recomputed for every token; "
+        f"once = before the prompt, then plain recurrence (default here: {padding})",
+    )  # fmt: skip
     parser.add_argument("--out", default="bench_results", help="folder for the JSON and PNG")
+
+
+def model_family(args: argparse.Namespace) -> tuple[str, str]:
+    """(family, label) of --size / --family: the label names the result files, e.g. "0b1", "tiny", "tiny_v7"."""
+    family = family_of(args.size, args.family)
+    return family, args.size if family == family_of(args.size) else f"{args.size}_{family}"
+
+
+def random_model_of(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """The random-weight VisualRWKV (6 or 7) that --size / --family / --kernel name."""
+    from visualrwkv_eval.model.tiny import random_model
+
+    family = model_family(args)[0]
+    options = {"padding": args.padding} if family == "v7" else {}
+    return random_model(args.size, dtype=dtype, device=device, family=family, kernel=args.kernel, **options)
 
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:

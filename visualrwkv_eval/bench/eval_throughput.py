@@ -1,6 +1,8 @@
 """bench eval: samples/s on a GQA-like workload (one image, a short question, answers of 1-3 tokens, the
-sandwich prompt), this project at batch 1 and batched, against the reference protocol, which runs batch 1 and
-re-runs the whole sequence for every new token (the reference evaluate.py), in one run."""
+family's prompt: the sandwich for VisualRWKV-6, image first for VisualRWKV-7), this project at batch 1 and
+batched, against the reference protocol, which runs batch 1 and re-runs the whole sequence for every new token
+(the reference evaluate.py; for VisualRWKV-7 with its left pads of token 261 to a multiple of 16, recomputed at
+every step), in one run."""
 
 from __future__ import annotations
 
@@ -14,10 +16,9 @@ from tqdm import tqdm
 
 from visualrwkv_eval.measure import timed
 from visualrwkv_eval.model import GenerationRequest, generate_batch
-from visualrwkv_eval.model.tiny import random_model
 from visualrwkv_eval.model.tokenizer import STOP_TOKEN
 
-from .common import add_model_arguments, bar_chart, device_and_dtype, environment, save
+from .common import add_model_arguments, bar_chart, device_and_dtype, environment, model_family, random_model_of, save
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 
@@ -40,18 +41,32 @@ def workload(n: int, image_size: int) -> list[GenerationRequest]:
 
 @torch.inference_mode()
 def reference_protocol(model, request: GenerationRequest) -> list[int]:
-    """evaluate.py's loop: batch 1, and for every new token the whole sequence again from an empty state."""
+    """evaluate.py's loop: batch 1, and for every new token the whole sequence again from an empty state; for a
+    left-padded family (VisualRWKV-7) after (-T) % 16 rows of token 261, T the sequence's length at that step
+    (github.com/howard-hou/VisualRWKV, VisualRWKV-v7/v7.00/src/model.py, RWKV.forward and VisualRWKV.generate)."""
     feats = model.encode_images([request.image])[0]
-    rows, first_patch = model.embed(model.prompt(request.context, True), feats)
+    rows, starts = model.embed(model.prompt(request.context, True), feats)
+    pad = getattr(model, "pad", None)
     out = []
     for _ in range(request.max_new_tokens):
-        (logits,), _ = model.prefill([(rows, first_patch)])
+        if pad is None:
+            (logits,), _ = model.prefill([(rows, starts)])
+        else:
+            p = pad.pads(rows.shape[0])
+            padded = torch.cat([model.embed_tokens([pad.token] * p), rows])
+            (logits,), _ = model.raw_prefill([(padded, [s + p for s in starts])])
         token = int(logits[0].argmax())
         if token == STOP_TOKEN:
             break
         out.append(token)
         rows = torch.cat([rows, model.embed_tokens([token])])
     return out
+
+
+def image_side(model) -> int:
+    """The side of the tower's input images (the workload draws images of that size)."""
+    vision = model.vision
+    return vision.clip.config.image_size if hasattr(vision, "clip") else vision.geometry.dino.image_size
 
 
 def ours(model, requests, batch_size: int) -> list[list[int]]:
@@ -77,8 +92,10 @@ def run(args: argparse.Namespace) -> Path:
     before anything can fail. Answers are compared, not asserted: on CUDA, cuBLAS picks kernels by batch shape,
     so a bf16 greedy near-tie may flip between batch sizes (bitwise equal on CPU; see the README)."""
     device, dtype = device_and_dtype(args)
-    out, name = Path(args.out), f"eval_{args.size}"
-    result = {"benchmark": "eval", **environment(device, dtype), "size": args.size, "complete": False}
+    family, label = model_family(args)
+    out, name = Path(args.out), f"eval_{label}"
+    result = {"benchmark": "eval", **environment(device, dtype), "size": args.size, "family": family}
+    result["complete"] = False
     path = save(result, out, name)
     try:
         _measure(args, device, dtype, result, lambda: save(result, out, name))
@@ -90,19 +107,22 @@ def run(args: argparse.Namespace) -> Path:
     labels = ["reference protocol", "ours, batch 1", *[f"ours, batch {bs}" for bs in result["batched_samples_per_s"]]]
     values = [result["reference_protocol_samples_per_s"], result["batch_1_samples_per_s"],
               *result["batched_samples_per_s"].values()]  # fmt: skip
-    title = f"GQA-like eval, {args.size}, {result['dtype']}, {result['device']}"
+    title = f"GQA-like eval, {label}, {result['dtype']}, {result['device']}"
     bar_chart(out / f"{name}.png", labels, values, "samples / s", title)
     return path
 
 
 def _measure(args, device, dtype, result: dict, checkpoint) -> None:
-    model = random_model(args.size, dtype=dtype, device=device, kernel=args.kernel)
+    model = random_model_of(args, device, dtype)
     result["kernel"] = model.backend
-    requests = workload(args.samples, model.vision.clip.config.image_size)
+    if getattr(model, "pad", None) is not None:
+        result["padding"] = model.padding
+    requests = workload(args.samples, image_side(model))
     n = len(requests)
+    prompt = "sandwich prompt" if model_family(args)[0] == "v6" else "image-first prompt"
     result |= {
         "samples": n,
-        "workload": "one image, a short question, sandwich prompt, answers of 1-3 tokens (+ the stop prediction)",
+        "workload": f"one image, a short question, {prompt}, answers of 1-3 tokens (+ the stop prediction)",
     }
     ours(model, requests[:2], 2)  # warm-up: kernels, allocator
     t_ref, ref_tokens = timed(lambda: [reference_protocol(model, r) for r in tqdm(requests, desc="reference")], device)

@@ -14,9 +14,8 @@ import torch
 from tqdm import tqdm
 
 from visualrwkv_eval.measure import peak_memory_gib, peak_memory_reset, seconds
-from visualrwkv_eval.model.tiny import random_model
 
-from .common import add_model_arguments, device_and_dtype, environment, figure, save, tensor_mib
+from .common import add_model_arguments, device_and_dtype, environment, figure, model_family, random_model_of, save
 
 # LLaVA-1.5's language model is Vicuna, a Llama-2 (multi-head attention); "7b" is exactly Llama-2-7B and the
 # others keep its proportions at the parameter count of the VisualRWKV size they stand beside
@@ -26,13 +25,19 @@ BASELINES = {
     "1b6": dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, intermediate_size=5632),
     "3b": dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=20, intermediate_size=6912),
     "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=11008),
+    # VisualRWKV-7: a layer of RWKV-7 holds ~12 C^2 weights (r, k, v, o and the 4C channel mix), as a Llama layer
+    # of the same width with an MLP of 2.6875 C does, so the Transformer keeps the depth and width
+    "tiny_v7": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=344),
+    "0b1": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2064),
+    "0b4": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2752),
+    "1b5": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, intermediate_size=5504),
 }
 
 
-def llava_baseline(size: str, dtype: torch.dtype, device: torch.device, max_length: int):
+def llava_baseline(label: str, dtype: torch.dtype, device: torch.device, max_length: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**BASELINES[size], vocab_size=32000, max_position_embeddings=max(4096, max_length + 64))
+    config = LlamaConfig(**BASELINES[label], vocab_size=32000, max_position_embeddings=max(4096, max_length + 64))
     config._attn_implementation = "sdpa"
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise in the target dtype: a 7B model never sits in fp32
@@ -64,7 +69,7 @@ def rwkv_point(model, length: int, steps: int, device: torch.device) -> dict:
     return {
         "latency_ms": 1000 * latency,
         "peak_memory_gib": tensor_peak_gib(device),
-        "state_mib": tensor_mib(state.att_shift, state.wkv, state.ffn_shift),
+        "state_mib": state.bytes_per_sequence / 2**20,
     }
 
 
@@ -92,11 +97,13 @@ def transformer_point(model, length: int, steps: int, device: torch.device) -> d
 def measure(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
     lengths = [int(x) for x in args.lengths.split(",")]
     curves = {}
-    rwkv = random_model(args.size, dtype=dtype, device=device, kernel=args.kernel)
+    family, label = model_family(args)
+    rwkv = random_model_of(args, device, dtype)
     rwkv_params = params(rwkv.rwkv) + params(rwkv.proj)
+    padding = {"padding": rwkv.padding} if family == "v7" else {}
     curves["visualrwkv"] = [rwkv_point(rwkv, n, args.steps, device) for n in tqdm(lengths, desc="VisualRWKV")]
     del rwkv
-    llama = llava_baseline(args.size, dtype, device, max(lengths))
+    llama = llava_baseline(label, dtype, device, max(lengths))
     llama_params = params(llama)
     curves["transformer"] = [transformer_point(llama, n, args.steps, device) for n in tqdm(lengths, desc="Transformer")]
     del llama
@@ -108,12 +115,14 @@ def measure(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         ratios.append({"length": n, "speedup": t["latency_ms"] / r["latency_ms"], "memory_saving": mem})
     return {
         "size": args.size,
+        "family": family,
+        **padding,
         "lengths": lengths,
         "decode_steps_timed": args.steps,
         "visualrwkv": {"language_model_parameters": rwkv_params, "points": curves["visualrwkv"]},
         "transformer": {
             "architecture": "Llama (LLaVA-1.5 LM shape), SDPA, KV cache",
-            "config": BASELINES[args.size],
+            "config": BASELINES[label],
             "parameters": llama_params,
             "points": curves["transformer"],
         },
@@ -139,14 +148,14 @@ def plot(result: dict, path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{result['size']}, {result['dtype']}, {result['device']}")
+    fig.suptitle(f"{result['size']} ({result['family']}), {result['dtype']}, {result['device']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    add_model_arguments(parser, padding="once")  # the language model's own recurrence
     parser.add_argument("--lengths", default=None, help="comma-separated; default 1K..24K on CUDA, 1K..8K on CPU")
     parser.add_argument("--steps", type=int, default=16, help="decode steps timed at each length")
 
@@ -157,8 +166,9 @@ def run(args: argparse.Namespace) -> Path:
         args.lengths = "1024,2048,4096,8192,16384,24576" if device.type == "cuda" else "1024,2048,4096,8192"
     result = {"benchmark": "length", **environment(device, dtype), **measure(args, device, dtype)}
     out = Path(args.out)
-    path = save(result, out, f"length_{args.size}")
-    plot(result, out / f"length_{args.size}.png")
+    label = model_family(args)[1]
+    path = save(result, out, f"length_{label}")
+    plot(result, out / f"length_{label}.png")
     for r in result["ratios"]:
         mem = "" if r["memory_saving"] is None else f", {100 * r['memory_saving']:.0f}% less peak memory"
         print(f"{r['length']:>6} tokens: VisualRWKV decodes {r['speedup']:.2f}x faster per token{mem}")

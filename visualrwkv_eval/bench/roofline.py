@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from visualrwkv_eval.measure import seconds
-from visualrwkv_eval.model.tiny import random_model
 
-from .common import add_model_arguments, bar_chart, device_and_dtype, environment, save
+from .common import add_model_arguments, bar_chart, device_and_dtype, environment, model_family, random_model_of, save
 
 
 def fastest(fn, device: torch.device, reps: int) -> float:
@@ -36,7 +35,7 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    add_model_arguments(parser, padding="once")  # the language model's own recurrence
     parser.add_argument("--prompt", type=int, default=640, help="prefill length")
     parser.add_argument("--steps", type=int, default=16, help="decode steps timed")
 
@@ -45,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Path:
     device, dtype = device_and_dtype(args)
     bandwidth, flops = bandwidth_bytes_per_s(device), matmul_flops_per_s(device, dtype)
-    model = random_model(args.size, dtype=dtype, device=device, kernel=args.kernel)
+    family, label = model_family(args)
+    model = random_model_of(args, device, dtype)
     cfg = model.config
     lm_params = sum(p.numel() for p in model.rwkv.parameters())
     embedding = cfg.vocab_size * cfg.n_embd
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> Path:
         "benchmark": "roofline",
         **environment(device, dtype),
         "size": args.size,
+        "family": family,
+        **({"padding": model.padding} if family == "v7" else {}),
         "kernel": model.backend,
         "language_model_parameters": lm_params,
         "measured_bandwidth_gb_per_s": bandwidth / 1e9,
@@ -82,11 +84,11 @@ def run(args: argparse.Namespace) -> Path:
         },
     }
     out = Path(args.out)
-    path = save(result, out, f"roofline_{args.size}")
+    path = save(result, out, f"roofline_{label}")
     labels = ["decode (batch 1)", f"prefill ({args.prompt} tokens)"]
     values = [result["decode"]["fraction_of_bound"], result["prefill"]["fraction_of_bound"]]
-    title = f"{args.size}, {result['dtype']}, {result['device']}"
-    bar_chart(out / f"roofline_{args.size}.png", labels, values, "fraction of the roofline bound", title, top=1)
+    title = f"{label}, {result['dtype']}, {result['device']}"
+    bar_chart(out / f"roofline_{label}.png", labels, values, "fraction of the roofline bound", title, top=1)
     print(f"decode {1 / decode:.1f} tokens/s = {result['decode']['fraction_of_bound']:.0%} of the bandwidth bound; "
           f"prefill {args.prompt / prefill:.0f} tokens/s = {result['prefill']['fraction_of_bound']:.0%} of the matmul "
           f"bound  -> {path}")  # fmt: skip
