@@ -64,6 +64,17 @@ def test_fingerprint_follows_content_not_path(tmp_path, monkeypatch):
     assert file_fingerprint(ckpt, memo) == first
 
 
+def test_fingerprint_memo_in_a_folder_not_made_yet(tmp_path, monkeypatch):
+    """The adapter makes the model key before the journal's folder exists (a fresh --output_path and a checkpoint
+    older than RACY_SECONDS): remembering the fingerprint must not fail there."""
+    import visualrwkv_eval.journal as journal
+
+    ckpt, memo = tmp_path / "model.pth", tmp_path / "out" / "visualrwkv_journal" / "fingerprints.json"
+    ckpt.write_bytes(b"\x00" * 4096)
+    monkeypatch.setattr(journal, "RACY_SECONDS", 0.0)
+    assert file_fingerprint(ckpt, memo) == file_fingerprint(ckpt, None) and memo.is_file()
+
+
 @pytest.mark.parametrize("workers", [0, 1, 3])
 def test_prefetcher_keeps_order_and_bounds_the_queue(workers):
     prepared, lock = [], threading.Lock()

@@ -71,6 +71,7 @@ def file_fingerprint(path: str | Path, memo: Path | None = None) -> str:
     racy = time.time() - max(st.st_mtime, st.st_ctime) < RACY_SECONDS
     if memo is not None and not racy and stamp == f"{path}|{_stamp(path)}":  # unchanged while hashed
         known[stamp] = digest
+        memo.parent.mkdir(parents=True, exist_ok=True)  # the model key is made before the journal's folder
         tmp = memo.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(known))
         os.replace(tmp, memo)
