@@ -19,34 +19,12 @@ from torch import nn
 from visualrwkv_eval import kernels
 
 from .config import HEAD_SIZE_DIVISOR, RWKV7Config
+from .packing import Carry, Packing, token_shift
 from .rowwise import column_major_, linear, matmul
-from .rwkv6 import Packing, RecurrentState, token_shift
+from .rwkv6 import WKV, RecurrentState
 
 LERPS = ("r", "w", "k", "v", "a", "g")  # token-shift mixes of the time-mix inputs, in this order
-WKV = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]  # (prefill, decode), kernels.get
-Carry = tuple[torch.Tensor, ...]  # per-row tensors [T, ...] handed from one layer to the next
 DECAY_OFFSET = 0.5  # w = -softplus(-z) - 0.5 bounds the decay exp(-exp(w)) to (exp(-exp(-0.5)), 1) ~ (0.545, 1)
-
-
-class RWKV7State(RecurrentState):
-    """Per layer and sequence: the token-shift inputs of both mixers (ln1 / ln2 outputs of the last token) and
-    the fp32 WKV state S[h, i, j] (i = value index, j = key index)."""
-
-    @staticmethod
-    def zeros(cfg: RWKV7Config, batch: int, dtype: torch.dtype, device: torch.device) -> RWKV7State:
-        return RWKV7State(**vars(RecurrentState.zeros(cfg, batch, dtype, device)))
-
-    @property
-    def bytes_per_sequence(self) -> int:
-        """Memory the state of one sequence takes."""
-        return sum(t[:, :1].nbytes for t in (self.att_shift, self.wkv, self.ffn_shift))
-
-    def select(self, index: torch.Tensor | list[int]) -> RWKV7State:
-        return RWKV7State(**vars(super().select(index)))
-
-    @staticmethod
-    def cat(states: list[RecurrentState]) -> RWKV7State:
-        return RWKV7State(**vars(RecurrentState.cat(states)))
 
 
 class TimeMix7(nn.Module):
@@ -186,9 +164,11 @@ class RWKV7(nn.Module):
         model.load_state_dict(weights, strict=True, assign=True)
         return model.eval()
 
-    def new_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> RWKV7State:
+    def new_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> RecurrentState:
+        """Zero state of `batch` sequences: the same layout as RWKV-6's (token-shift inputs of both mixers, the
+        fp32 WKV state S[h, i, j] with i = value index, j = key index)."""
         w = self.head.weight
-        return RWKV7State.zeros(self.config, batch, dtype or w.dtype, device or w.device)
+        return RecurrentState.zeros(self.config, batch, dtype or w.dtype, device or w.device)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [T] -> rows [T, C]."""

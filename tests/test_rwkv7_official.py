@@ -14,7 +14,7 @@ import torch
 
 from visualrwkv_eval import kernels
 from visualrwkv_eval.model.config import RWKV7Config
-from visualrwkv_eval.model.rwkv6 import Packing
+from visualrwkv_eval.model.packing import Packing
 from visualrwkv_eval.model.rwkv7 import RWKV7
 from visualrwkv_eval.model.tiny7 import random_rwkv7_state_dict, size_config7
 from visualrwkv_eval.model.tokenizer import world_tokenizer
