@@ -385,7 +385,9 @@ def test_image_to_a_text_only_model(text_only):
 def broken_adapter(demo_dir):
     """An adapter whose weights went NaN after loading (what an overflow in the forward pass also gives)."""
     tiny = demo_dir / "tiny"
-    lm = adapter.VisualRWKVLmms(pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"), batch_size=2)
+    lm = adapter.VisualRWKVLmms(
+        pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"), batch_size=2
+    )
     with torch.no_grad():
         lm.model.rwkv.head.weight[7] = math.nan
     return lm
