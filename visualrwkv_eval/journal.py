@@ -180,6 +180,8 @@ def model_key(model, pretrained: str | Path, memo: Path | None) -> str:
         "scan": model.scan,
         "image_position": model.image_position,
     }
+    if getattr(model, "pad", None) is not None:  # VisualRWKV-7's left padding: exact and once answer differently
+        parts["padding"] = model.padding
     return json.dumps(parts, sort_keys=True)
 
 

@@ -40,7 +40,7 @@ from visualrwkv_eval.throughput import Throughput
 
 MODEL_ARGS = (
     "pretrained", "vision_tower", "dtype", "device", "image_position", "scan", "kernel", "max_new_tokens",
-    "image_workers", "journal",
+    "image_workers", "journal", "padding",
 )  # fmt: skip
 JOURNAL_OFF = ("off", "none", "false", "no", "0", "")
 MAX_ROUNDS = 64  # a multi-round task that never signals its end
@@ -71,6 +71,7 @@ class VisualRWKVLmms(lmms):
         max_new_tokens: int = 128,
         image_workers: int | None = None,
         journal: str | bool = "auto",
+        padding: str | None = None,  # VisualRWKV-7: exact (default) | once (model/left_pad.py)
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
         **unknown,
@@ -91,7 +92,14 @@ class VisualRWKVLmms(lmms):
             device = f"cuda:{self.accelerator.local_process_index}"  # each process its own GPU
         self._device = parse_device(device)
         self.model = load_model(
-            pretrained, vision_tower, dtype, self._device, scan=scan, image_position=image_position, kernel=kernel
+            pretrained,
+            vision_tower,
+            dtype,
+            self._device,
+            scan=scan,
+            image_position=image_position,
+            kernel=kernel,
+            padding=padding,
         )
         self.max_new_tokens = max_new_tokens
         size = self._auto_batch_size() if fixed_batch is None else fixed_batch
@@ -127,8 +135,9 @@ class VisualRWKVLmms(lmms):
             torch.cuda.empty_cache()
 
     # ---- requests -> model inputs ---------------------------------------------------------------------
-    def _image(self, doc_to_visual, doc_id: int, task: str, split: str) -> tuple[Image.Image | None, str | None]:
-        """The request's first image, or the reason it has none usable."""
+    def _image(self, doc_to_visual, doc_id: int, task: str, split: str) -> tuple:
+        """The request's image (VisualRWKV-6: the first; a family that takes several, VisualRWKV-7: a list of
+        all of them when there are several), or the reason it has none usable."""
         try:
             visuals = doc_to_visual(self.task_dict[task][split][doc_id])
         except Exception as e:  # an undecodable image must cost this sample only
@@ -136,12 +145,17 @@ class VisualRWKVLmms(lmms):
         visuals = [v for v in (visuals or []) if v is not None]
         if not visuals:
             return None, None
-        if len(visuals) > 1 and not self._warned_multi_image:
-            logger.warning(f"{task}: requests carry {len(visuals)} images; VisualRWKV takes one and uses the first")
-            self._warned_multi_image = True
-        if not isinstance(visuals[0], Image.Image):
-            return None, f"expected a PIL image, got {type(visuals[0]).__name__}"
-        return visuals[0], None
+        limit = self.model.max_images
+        if limit is not None and len(visuals) > limit:
+            if not self._warned_multi_image:
+                what = "one and uses the first" if limit == 1 else f"{limit} and uses the first {limit}"
+                logger.warning(f"{task}: requests carry {len(visuals)} images; this VisualRWKV takes {what}")
+                self._warned_multi_image = True
+            visuals = visuals[:limit]
+        for v in visuals:
+            if not isinstance(v, Image.Image):
+                return None, f"expected a PIL image, got {type(v).__name__}"
+        return (visuals if len(visuals) > 1 else visuals[0]), None
 
     def _generation_request(self, context: str, gen_kwargs: dict, image, task: str, split: str, doc_id: int):
         """The model's request for one document; a bad generation argument raises SettingError naming it."""
@@ -172,8 +186,8 @@ class VisualRWKVLmms(lmms):
                 continue
             if any(v is not None for v in visuals or []):
                 raise SetupError(
-                    f"{task} doc {doc_id} sends an image, but pretrained={self.model.checkpoint_path} is a text-only RWKV-6 "
-                    "checkpoint (no proj.weight, no vision tower): evaluate a VisualRWKV checkpoint on image tasks"
+                    f"{task} doc {doc_id} sends an image, but pretrained={self.model.checkpoint_path} is a text-only RWKV "
+                    "checkpoint (no proj.*, no vision tower): evaluate a VisualRWKV checkpoint on image tasks"
                 )
 
     def _run(self, fn, items: list):
@@ -198,7 +212,7 @@ class VisualRWKVLmms(lmms):
         if error or image is None:
             return Prepared(None, error)
         try:
-            return Prepared(self.model.preprocess([image]))
+            return Prepared(self.model.preprocess(image if isinstance(image, list) else [image]))
         except Exception as e:  # a broken image must cost this sample only
             return Prepared(None, f"{type(e).__name__}: {e}")
 
