@@ -94,6 +94,12 @@ class RWKV6Config:
         return shapes
 
 
+# Layer 0's value-residual LoRA: VisualRWKV-7 and RWKV-LM's code of December 2024 do not create it, RWKV-LM's
+# later training code (RWKV-v7/train_temp/src/model.py) creates it in every layer, unused in layer 0 (its value
+# is v_first itself); the `rwkv` package replaces whatever the file holds there by empty tensors. Ignored.
+X070_UNUSED_KEYS = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
+
+
 def _lora_rank(factor: float, size: float) -> int:
     """RWKV-7's LoRA rank rule: a multiple of 32, at least 32 (Python's round, as the reference uses)."""
     return max(32, round(factor * size / 32) * 32)
@@ -143,7 +149,7 @@ class RWKV7Config:
             raise KeyError(f"{pre}blocks.0.*")
         att = f"{pre}blocks.0.att."
         n_head, head_size = sd[att + "r_k"].shape
-        mv = sd.get(f"{pre}blocks.1.att.v1")
+        mv = sd.get(f"{pre}blocks.1.att.v1", sd.get(f"{pre}blocks.0.att.v1"))
         return RWKV7Config(
             n_layer=max(layers) + 1,
             n_embd=sd[f"{pre}emb.weight"].shape[1],

@@ -18,7 +18,7 @@ from torch import nn
 
 from visualrwkv_eval import kernels
 
-from .config import HEAD_SIZE_DIVISOR, RWKV7Config
+from .config import HEAD_SIZE_DIVISOR, X070_UNUSED_KEYS, RWKV7Config
 from .packing import Carry, Packing, token_shift
 from .rowwise import column_major_, linear, matmul
 from .rwkv6 import WKV, RecurrentState
@@ -155,9 +155,11 @@ class RWKV7(nn.Module):
     @staticmethod
     def from_weights(weights: dict[str, torch.Tensor], config: RWKV7Config | None = None) -> RWKV7:
         """The model over existing tensors (assigned, not copied: a memory-mapped file stays mapped). Keys as
-        RWKV-LM saves them, or a VisualRWKV-7 state dict, whose `rwkv.*` keys are taken."""
+        RWKV-LM saves them, or a VisualRWKV-7 state dict, whose `rwkv.*` keys are taken. Layer 0's value-residual
+        LoRA, which newer RWKV-LM files carry unused, is dropped (X070_UNUSED_KEYS)."""
         if "rwkv.emb.weight" in weights:
             weights = {k[len("rwkv.") :]: v for k, v in weights.items() if k.startswith("rwkv.")}
+        weights = {k: v for k, v in weights.items() if k not in X070_UNUSED_KEYS}
         config = config or RWKV7Config.from_weights(weights)
         with torch.device("meta"):
             model = RWKV7(config)

@@ -96,9 +96,9 @@ def ours_logits(model: RWKV7, ids: list[int]) -> torch.Tensor:
         return model.logits(hidden)
 
 
-def compare_with_official(cfg: RWKV7Config, tmp_path, storage_dtype=torch.float32) -> None:
+def compare_with_official(cfg: RWKV7Config, tmp_path, storage_dtype=torch.float32, extra=None) -> None:
     path = tmp_path / "rwkv-x070.pth"
-    torch.save(random_rwkv7_state_dict(cfg, seed=3, dtype=storage_dtype), path)
+    torch.save(random_rwkv7_state_dict(cfg, seed=3, dtype=storage_dtype) | (extra or {}), path)
     gc.collect()
     ids = padded_prompt()
     official = official_x070(str(path)[: -len(".pth")])
@@ -121,6 +121,14 @@ def compare_with_official(cfg: RWKV7Config, tmp_path, storage_dtype=torch.float3
 
 def test_tiny_logits_match_official(tmp_path):
     compare_with_official(size_config7("tiny"), tmp_path)
+
+
+def test_unused_layer0_value_lora_is_ignored(tmp_path):
+    # newer RWKV-LM files carry blocks.0.att.v0/v1/v2; both implementations ignore them
+    cfg = size_config7("tiny")
+    C, rank = cfg.n_embd, cfg.d_mv
+    extra = {"blocks.0.att.v0": torch.ones(1, 1, C), "blocks.0.att.v1": torch.ones(C, rank)}
+    compare_with_official(cfg, tmp_path, extra=extra | {"blocks.0.att.v2": torch.ones(rank, C)})
 
 
 @pytest.mark.slow
