@@ -135,6 +135,11 @@ class Block7(nn.Module):
         return x + self.ffn(self.ln2(x), state.ffn_shift[layer], pack), v_first
 
 
+def _drop_unused_keys(module, state_dict, prefix, *_) -> None:
+    for key in X070_UNUSED_KEYS:
+        state_dict.pop(prefix + key, None)
+
+
 class RWKV7(nn.Module):
     wkv_op = "wkv7"  # the kernels registry's operation (kernels.get)
 
@@ -145,6 +150,8 @@ class RWKV7(nn.Module):
         self.blocks = nn.ModuleList(Block7(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # layer 0's value-residual LoRA, present unused in newer RWKV-LM files: dropped by every load_state_dict
+        self.register_load_state_dict_pre_hook(_drop_unused_keys)
         self.backend = "torch"  # the backend use_backend last picked (VisualRWKV re-binds when it differs)
         self.kernel: WKV = kernels.get(self.wkv_op, self.backend)
 
@@ -156,10 +163,9 @@ class RWKV7(nn.Module):
     def from_weights(weights: dict[str, torch.Tensor], config: RWKV7Config | None = None) -> RWKV7:
         """The model over existing tensors (assigned, not copied: a memory-mapped file stays mapped). Keys as
         RWKV-LM saves them, or a VisualRWKV-7 state dict, whose `rwkv.*` keys are taken. Layer 0's value-residual
-        LoRA, which newer RWKV-LM files carry unused, is dropped (X070_UNUSED_KEYS)."""
+        LoRA, which newer RWKV-LM files carry unused, is dropped (`load_state_dict` does, see __init__)."""
         if "rwkv.emb.weight" in weights:
             weights = {k[len("rwkv.") :]: v for k, v in weights.items() if k.startswith("rwkv.")}
-        weights = {k: v for k, v in weights.items() if k not in X070_UNUSED_KEYS}
         config = config or RWKV7Config.from_weights(weights)
         with torch.device("meta"):
             model = RWKV7(config)
