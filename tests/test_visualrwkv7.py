@@ -244,3 +244,23 @@ def test_plain_x070_file_is_a_text_only_model(v7, tmp_path):
     assert lm.vision is None and lm.pad == LeftPad()
     got = generate_batch(lm, [GenerationRequest("Say something.", None, MAX_NEW)])[0].new_tokens
     assert got == naive.greedy(sd, flat_ids(prompt_ids7(lm.tokenizer, "Say something.", 0), 0), [], MAX_NEW)
+
+
+def test_the_adapter_passes_every_image(v7, expected):
+    """lmms-eval requests with one, two and no images answer as the naive reference (journal off, batch 3)."""
+    from lmms_eval.api.instance import Instance
+
+    from visualrwkv_eval.lmms_model import VisualRWKVLmms
+
+    _, path, _ = v7
+    lmms = VisualRWKVLmms(pretrained=str(path), dtype="float32", device="cpu", batch_size=3, journal="off")
+    docs = [{"q": q, "images": images(n)} for _, q, n in CASES]
+    lmms.task_dict = {"t": {"test": docs}}
+
+    def instance(i: int) -> Instance:
+        args = (docs[i]["q"], {"max_new_tokens": MAX_NEW}, lambda doc: doc["images"], i, "t", "test")
+        return Instance("generate_until", args, i, {"task": "t", "doc_id": i, "repeats": 1})
+
+    out = lmms.generate_until([instance(i) for i in range(len(docs))])
+    texts = [lmms.model.tokenizer.decode(expected[name]).split("\n\n")[0].strip() for name, _, _ in CASES]
+    assert [getattr(o, "text", o) for o in out] == texts
