@@ -52,7 +52,7 @@ def offline_env(out: Path) -> dict[str, str]:
 
 def lmms_eval_command(
     pretrained: Path,
-    vision_tower: Path,
+    vision_tower: Path | None,
     tasks: str,
     output_path: Path,
     *extra: str,
@@ -61,10 +61,12 @@ def lmms_eval_command(
     launcher: tuple[str, ...] = (sys.executable,),
 ) -> list[str]:
     """The lmms-eval command line for model `visualrwkv` (the demo, the benchmarks and the tests share it).
-    `model_args` is appended to pretrained and vision_tower (",dtype=float32,..."); `launcher` may be torchrun."""
+    `model_args` is appended to pretrained and vision_tower (",dtype=float32,..."); `vision_tower` None: not
+    passed (a VisualRWKV-7 file holds its towers); `launcher` may be torchrun."""
     include = ["--include_path", str(include_path)] if include_path is not None else []
+    tower = "" if vision_tower is None else f",vision_tower={vision_tower}"
     return [*launcher, "-m", "lmms_eval", "--model", "visualrwkv",
-            "--model_args", f"pretrained={pretrained},vision_tower={vision_tower}{model_args}",
+            "--model_args", f"pretrained={pretrained}{tower}{model_args}",
             "--tasks", tasks, *include, "--output_path", str(output_path), "--process_docs_parallel", "1",
             *extra]  # fmt: skip
 
@@ -82,14 +84,15 @@ def _demo(args: argparse.Namespace) -> None:
     from visualrwkv_eval.tasks import MINI_GROUP, prepare_mini
 
     out = Path(args.out).resolve()
-    tiny = out / "tiny"
+    v7 = args.family == "v7"  # the tiny VisualRWKV-7 (its towers in the file) beside the v6 demo's files
+    tiny = out / ("tiny_v7" if v7 else "tiny")
     if not (tiny / "model.pth").is_file():
-        make_tiny(tiny, seed=0)
+        make_tiny(tiny, seed=0, family=args.family)
     tasks = prepare_mini(out, seed=0)
-    results = out / "results"
+    results = out / ("results_v7" if v7 else "results")
     cmd = lmms_eval_command(
-        tiny / "model.pth", tiny / "vision_tower", MINI_GROUP, results, "--batch_size", str(args.batch_size),
-        "--log_samples", include_path=tasks, model_args=",dtype=float32",
+        tiny / "model.pth", None if v7 else tiny / "vision_tower", MINI_GROUP, results, "--batch_size",
+        str(args.batch_size), "--log_samples", include_path=tasks, model_args=",dtype=float32",
     )  # fmt: skip
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=offline_env(out))
@@ -136,6 +139,7 @@ def build_parser(benchmarks: tuple[str, ...] | None = None) -> argparse.Argument
     p = sub.add_parser("demo", help="lmms-eval on all eight mini benchmarks with a random tiny model, offline")
     p.add_argument("out", help="output folder (tiny model, data, task YAMLs, results)")
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--family", default="v6", choices=("v6", "v7"), help="a tiny VisualRWKV-6 (default) or -7")
     p.set_defaults(func=_demo)
     p = sub.add_parser("bench", help=f"performance measurements, JSON + PNG: {', '.join(BENCHMARKS)}")
     p.set_defaults(func=_bench)
