@@ -131,6 +131,7 @@ def _rows_and_images(seqs) -> list[tuple[torch.Tensor, list[int]]]:
 
 
 def new_state(model, batch: int) -> PaddedState:
+    """B empty sequences: no rows, no chains yet."""
     return PaddedState([PaddedSequence() for _ in range(batch)], model.new_state(1).bytes_per_sequence)
 
 
@@ -143,7 +144,7 @@ def next_logits(model, pad: LeftPad, state: PaddedState) -> list[torch.Tensor]:
     for seq in state.seqs:
         q = pad.pads(seq.length)
         chain = seq.chains.get(q) or Chain(starts[q], 0)
-        if chain.seen == seq.length:  # nothing new (cannot happen in generation): re-read the last row
+        if chain.seen == seq.length:  # every call appends rows first: a caller that did not is a bug
             raise RuntimeError("left padding: a sequence asked for logits without new rows")
         rows = seq.rows_from(chain.seen)
         jobs.append((rows, [s - chain.seen for s in seq.images if s >= chain.seen]))
