@@ -272,7 +272,7 @@ def rwkv6_config(path: Path, rwkv: dict[str, torch.Tensor], proj: dict[str, torc
 def rwkv7_config(path: Path, rwkv: dict[str, torch.Tensor], proj: dict[str, torch.Tensor]):
     """The RWKV-7 config of an x070 language model, every dimension and LoRA rank read from the shapes, every key
     and shape checked (and VisualRWKV-7's projector: context-gated or linear, its output width n_embd)."""
-    from .config import RWKV7Config
+    from .config import X070_UNUSED_KEYS, RWKV7Config
     from .projector import build_projector
 
     try:
@@ -286,7 +286,8 @@ def rwkv7_config(path: Path, rwkv: dict[str, torch.Tensor], proj: dict[str, torc
             "tokenizer cannot be evaluated here)"
         )
     expected = config.expected_shapes()
-    missing, unexpected = expected.keys() - rwkv.keys(), rwkv.keys() - expected.keys()
+    # newer RWKV-LM files carry an unused layer-0 value-residual LoRA: RWKV7 drops it when loading
+    missing, unexpected = expected.keys() - rwkv.keys(), rwkv.keys() - expected.keys() - set(X070_UNUSED_KEYS)
     prefix = "rwkv." if proj else ""
     if missing:
         raise CheckpointError(f"{path}: missing keys: {_few(prefix + k for k in missing)}")

@@ -80,8 +80,8 @@ BAD_FILES7 = [
     (edit(**{"rwkv/blocks/1/att/v1": None}), CheckpointError, r"missing keys: rwkv\.blocks\.1\.att\.v1"),
     (edit(**{"rwkv/blocks/0/att/r_k": None}), CheckpointError,
      r"missing key 'blocks\.0\.att\.r_k' needed to infer the RWKV-7 model shape"),
-    (edit(**{"rwkv/blocks/0/att/v0": torch.zeros(1, 1, C)}), CheckpointError,
-     r"unexpected keys: rwkv\.blocks\.0\.att\.v0"),  # layer 0 has no value-residual LoRA
+    (edit(**{"rwkv/blocks/0/att/gate/weight": torch.zeros(C, C)}), CheckpointError,
+     r"unexpected keys: rwkv\.blocks\.0\.att\.gate\.weight"),  # an x060 key
     (edit(**{"rwkv/blocks/1/att/w1": torch.zeros(C, 48)}), CheckpointError,
      r"shape mismatch .*rwkv\.blocks\.1\.att\.w1 \(128, 48\) != \(128, 32\)"),
     (poison("rwkv.blocks.1.att.key.weight", math.nan), CheckpointError,
@@ -119,6 +119,17 @@ def test_ranks_come_from_the_shapes(sd7, tmp_path):
     sd |= {k: v for k, v in sd7.items() if not k.startswith("rwkv.")}
     ckpt = load_checkpoint(save(sd, tmp_path / "m.pth"))
     assert (ckpt.config.d_gate, ckpt.config.d_decay, ckpt.config.d_aaa, ckpt.config.d_mv) == (64, 96, 32, 32)
+
+
+def test_unused_layer0_value_lora_is_accepted(sd7, tmp_path):
+    """Newer RWKV-LM x070 files carry blocks.0.att.v0/v1/v2, which nothing uses: such a file loads, same model."""
+    lm = {k[5:]: v for k, v in sd7.items() if k.startswith("rwkv.")}
+    extra = {"blocks.0.att.v0": torch.zeros(1, 1, C), "blocks.0.att.v1": torch.zeros(C, 32)}
+    extra["blocks.0.att.v2"] = torch.zeros(32, C)
+    a = load_model(str(save(lm, tmp_path / "a.pth")), device="cpu")
+    b = load_model(str(save(lm | extra, tmp_path / "b.pth")), device="cpu")
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_truncated_v7_file(sd7, tmp_path):
