@@ -1,13 +1,14 @@
 """VisualRWKV-7 end to end: the mini benchmarks through the real lmms-eval CLI with a tiny random v7 checkpoint
-(`make-tiny --family v7`), answers checked against the naive float64 VisualRWKV-7 of tests/naive_visualrwkv7.py
+(`visualrwkv-eval demo --family v7`, then lmms-eval's CLI at batch 1), answers checked against the naive float64 VisualRWKV-7 of tests/naive_visualrwkv7.py
 (the reference's protocol: the whole sequence re-run after its left pads for every token), and a request with two
 images through the adapter (no mini task sends more than one).
 
-lmms-eval's CLI exits 0 when the evaluation fails unless --verbosity DEBUG: these tests pass it and assert on the
-files the run wrote."""
+lmms-eval's CLI exits 0 when the evaluation fails unless --verbosity DEBUG: the batch-1 run passes it, the demo
+checks the results file itself, and the tests assert on the files each run wrote."""
 
 import json
 import subprocess
+import sys
 
 import naive_visualrwkv7 as naive
 import pytest
@@ -20,12 +21,15 @@ from visualrwkv_eval.model import load_model
 from visualrwkv_eval.model.prompt import ImageSlot
 from visualrwkv_eval.model.tiny import make_tiny
 
-pytestmark = pytest.mark.slow  # lmms-eval's CLI twice over eleven tasks
+pytestmark = pytest.mark.slow  # lmms-eval's CLI twice over eleven tasks (the demo, then batch 1)
 
 
-@pytest.fixture(scope="module")
-def tiny7(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny7"), seed=0, family="v7") / "model.pth"
+def read_run(out):
+    path = results_file(out)
+    samples = {}
+    for f in path.parent.glob(f"{path.name.split('_results')[0]}_samples_*.jsonl"):
+        samples[f.stem.split("_samples_")[1]] = [json.loads(line) for line in f.read_text().splitlines()]
+    return json.loads(path.read_text()), samples
 
 
 def run_cli(demo_dir, checkpoint, out, batch_size: int):
@@ -35,27 +39,38 @@ def run_cli(demo_dir, checkpoint, out, batch_size: int):
                             model_args=",dtype=float32")  # fmt: skip
     proc = subprocess.run(cmd, env=offline_env(demo_dir), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    path = results_file(out)
-    samples = {}
-    for f in path.parent.glob(f"{path.name.split('_results')[0]}_samples_*.jsonl"):
-        samples[f.stem.split("_samples_")[1]] = [json.loads(line) for line in f.read_text().splitlines()]
-    return json.loads(path.read_text()), samples
+    return read_run(out)
 
 
 @pytest.fixture(scope="module")
-def runs(demo_dir, tiny7, tmp_path_factory):
-    """The visualrwkv_mini group at batch 8 and at batch 1."""
-    return [run_cli(demo_dir, tiny7, tmp_path_factory.mktemp(f"v7run{bs}"), bs) for bs in (8, 1)]
+def demo7(tmp_path_factory):
+    """`visualrwkv-eval demo OUT --family v7` (batch 8; it exits non-zero when a task has no results)."""
+    out = tmp_path_factory.mktemp("demo7")
+    cmd = [sys.executable, "-m", "visualrwkv_eval.cli", "demo", str(out), "--family", "v7"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
 
 
-def mini_tasks(demo_dir) -> list[str]:
-    return yaml.safe_load((demo_dir / "tasks" / "mini" / "_visualrwkv_mini.yaml").read_text())["task"]
+@pytest.fixture(scope="module")
+def tiny7(demo7):
+    return demo7 / "tiny_v7" / "model.pth"
 
 
-def test_every_mini_task_produces_results(runs, demo_dir):
+@pytest.fixture(scope="module")
+def runs(demo7, tiny7, tmp_path_factory):
+    """The visualrwkv_mini group: the demo's run (batch 8), then the same through lmms-eval's CLI at batch 1."""
+    return [read_run(demo7 / "results_v7"), run_cli(demo7, tiny7, tmp_path_factory.mktemp("v7batch1"), 1)]
+
+
+def mini_tasks(out) -> list[str]:
+    return yaml.safe_load((out / "tasks" / "mini" / "_visualrwkv_mini.yaml").read_text())["task"]
+
+
+def test_every_mini_task_produces_results(runs, demo7):
     results, samples = runs[0]
     assert "vision_tower" not in results["config"]["model_args"]
-    tasks = mini_tasks(demo_dir)
+    tasks = mini_tasks(demo7)
     assert len(tasks) == 11
     for task in tasks:
         metrics = {k for k in results["results"][task] if k != "alias" and "stderr" not in k}
@@ -93,12 +108,12 @@ def naive_text(model, sd, question: str, images: list[Image.Image], max_new_toke
     return model.tokenizer.decode(tokens).split("\n\n")[0].strip()
 
 
-def test_cli_answers_equal_the_naive_reference(runs, demo_dir, tiny7):
+def test_cli_answers_equal_the_naive_reference(runs, demo7, tiny7):
     """GQA through lmms-eval (its prompt, max_new_tokens 16) gives the naive float64 model's greedy answers."""
     from datasets import Dataset
 
     _, samples = runs[0]
-    docs = Dataset.from_parquet(str(demo_dir / "data" / "gqa_testdev.parquet"))
+    docs = Dataset.from_parquet(str(demo7 / "data" / "gqa_testdev.parquet"))
     model = load_model(str(tiny7), dtype="float32", device="cpu")
     sd = torch.load(tiny7, weights_only=True)
     by_id = {s["doc_id"]: s for s in samples["visualrwkv_mini_gqa"]}

@@ -36,7 +36,8 @@ def _tasks(args: argparse.Namespace) -> None:
 
     tasks = prepare_mini(args.out, seed=args.seed)
     print(f"mini benchmarks in {Path(args.out) / 'data'}; task YAMLs in {tasks}")
-    print(f"run them with: lmms-eval --include_path {tasks} --tasks visualrwkv_mini (or visualrwkv_paper) ...")
+    print(f"run them with: lmms-eval --include_path {tasks} --tasks visualrwkv_mini (or visualrwkv_paper, "
+          "visualrwkv7_paper) ...")  # fmt: skip
 
 
 def offline_env(out: Path) -> dict[str, str]:
