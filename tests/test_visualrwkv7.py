@@ -195,6 +195,14 @@ def test_padding_once_pads_the_prompt_only(v7):
     torch.testing.assert_close(torch.stack(got_once), full, rtol=1e-5, atol=1e-5)
 
 
+def test_loglikelihood_with_padding_once_uses_the_pads_of_the_context(v7):
+    _, path, exact = v7
+    once = load_model(str(path), dtype="float32", device="cpu", padding="once")
+    req = [(GQA, " No", images(1)[0])]
+    assert len(exact.tokenizer.encode(" No")) == 1  # one scored token: both modes use the context's pads
+    assert loglikelihood_batch(once, req)[0][0] == pytest.approx(loglikelihood_batch(exact, req)[0][0], abs=1e-5)
+
+
 def test_loglikelihood_uses_the_pads_of_each_length(v7):
     sd, _, model = v7
     ims = images(1)
