@@ -135,12 +135,19 @@ def test_bench_roofline_v7(tmp_path):
     assert (tmp_path / "roofline_tiny_v7.png").stat().st_size > 1000
 
 
-@pytest.mark.slow  # a Llama baseline is built
+@pytest.mark.slow  # a Llama baseline is built, twice
 def test_bench_length_v7(tmp_path):
-    main(["bench", "length", "--family", "v7", "--size", "tiny", "--device", "cpu", "--lengths", "32,64", "--steps",
-          "2", "--out", str(tmp_path)])  # fmt: skip
-    result = json.loads((tmp_path / "length_tiny_v7.json").read_text())
-    assert result["family"] == "v7" and result["transformer"]["config"]["num_hidden_layers"] == 2
-    points = result["visualrwkv"]["points"]
+    def run(padding):
+        main(["bench", "length", "--family", "v7", "--size", "tiny", "--device", "cpu", "--lengths", "32,64",
+              "--steps", "2", "--padding", padding, "--out", str(tmp_path / padding)])  # fmt: skip
+        return json.loads((tmp_path / padding / "length_tiny_v7.json").read_text())
+
+    once, exact = run("once"), run("exact")
+    assert once["family"] == "v7" and once["transformer"]["config"]["num_hidden_layers"] == 2
     # the recurrent state of 2 layers at width 128: two token-shift rows and 2 heads of 64 x 64 fp32 per layer
-    assert points[0]["state_mib"] == points[1]["state_mib"] == 2 * (2 * 128 * 4 + 2 * 64 * 64 * 4) / 2**20
+    state = 2 * (2 * 128 * 4 + 2 * 64 * 64 * 4) / 2**20
+    assert [p["state_mib"] for p in once["visualrwkv"]["points"]] == [state, state]
+    # exact padding keeps the rows (T + the decoded tokens, 128 fp32 each) and a chain per pad count used so far:
+    # the prefill's, then one per timed step (3 warm-up + 2) as the pad count changes with every token
+    rows = [(n + 5) * 128 * 4 / 2**20 for n in (32, 64)]
+    assert [p["state_mib"] for p in exact["visualrwkv"]["points"]] == pytest.approx([r + 6 * state for r in rows])
