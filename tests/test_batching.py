@@ -30,6 +30,7 @@ def embedded(model, reqs):
     return [model.embed(model.prompt(r.context, f is not None), f) for r, f in zip(reqs, feats)]
 
 
+@pytest.mark.slow
 def test_packed_prefill_is_bitwise_equal_to_separate_prefills(tiny_model):
     seqs = embedded(tiny_model, requests(7))
     packed, state = tiny_model.prefill(seqs)

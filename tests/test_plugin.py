@@ -115,6 +115,7 @@ def test_gen_kwargs_are_honoured(lmms_model):
     assert a.text == b.text  # sampling is seeded per document, whatever the batch
 
 
+@pytest.mark.slow
 def test_out_of_memory_splits_the_batch(lmms_model, monkeypatch):
     real, calls = adapter.generate_batch, []
 
