@@ -24,7 +24,7 @@ instead of 15 MB of fp32); the same fp32 operations, all correctly rounded, run 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,7 @@ class NameMap:
     blocks: str  # transformers prefix of block i: blocks.format(i)
     qkv: tuple[str, str, str]  # the three projections replacing attn.qkv
     pos: str
+    cls_row: bool = False  # the position table has a row for CLS (DINOv2: zero, timm folds it into cls_token)
 
 
 DINO_NAMES = NameMap(
@@ -133,8 +134,14 @@ DINO_NAMES = NameMap(
            "mlp.fc2": "mlp.fc2"},
     block_tensors={"ls1.gamma": "layer_scale1.lambda1", "ls2.gamma": "layer_scale2.lambda1"},
     blocks="encoder.layer.{}.", qkv=("attention.q_proj", "attention.k_proj", "attention.v_proj"),
-    pos="embeddings.position_embeddings",
+    pos="embeddings.position_embeddings", cls_row=True,
 )  # fmt: skip
+# transformers before 5.20 (e.g. 5.17, 4.x) names DINOv2's attention as BERT does
+DINO_NAMES_BERT = replace(
+    DINO_NAMES,
+    block=DINO_NAMES.block | {"attn.proj": "attention.output.dense"},
+    qkv=("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+)
 SIGLIP_NAMES = NameMap(
     top={"patch_embed.proj.weight": "embeddings.patch_embedding.weight",
          "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
@@ -157,7 +164,7 @@ def to_hf(t: dict[str, torch.Tensor], g: ViTGeometry, names: NameMap) -> dict[st
     """One tower's timm tensors (no tower prefix) -> the transformers model's state dict (blocks 0..take)."""
     out = {n: t[m] for m, n in names.top.items()}
     pos = t["pos_embed"]  # [1, grid*grid, D]
-    if names is DINO_NAMES:  # [CLS, patches] table with a zero CLS row; the mask token is never used
+    if names.cls_row:  # [CLS, patches] table with a zero CLS row; the mask token is never used
         out[names.pos] = torch.cat([pos.new_zeros(1, 1, g.hidden), pos], dim=1)
         out["embeddings.mask_token"] = pos.new_zeros(1, g.hidden)
     else:
@@ -175,7 +182,7 @@ def from_hf(h: dict[str, torch.Tensor], g: ViTGeometry, names: NameMap) -> dict[
     """Inverse of to_hf: timm names for everything the transformers model holds."""
     out = {m: h[n] for m, n in names.top.items()}
     pos = h[names.pos]
-    out["pos_embed"] = pos[:, 1:] if names is DINO_NAMES else pos[None]
+    out["pos_embed"] = pos[:, 1:] if names.cls_row else pos[None]
     for i in range(g.take + 1):
         out |= {m: h[n] for m, n in _block_pairs(names, i)}
         b = names.blocks.format(i)
@@ -186,6 +193,11 @@ def from_hf(h: dict[str, torch.Tensor], g: ViTGeometry, names: NameMap) -> dict[
 
 def _sub(vit: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in vit.items() if k.startswith(prefix)}
+
+
+def dino_names(model: nn.Module) -> NameMap:
+    """The name map of the installed transformers' Dinov2WithRegistersModel (its attention names changed)."""
+    return DINO_NAMES_BERT if "encoder.layer.0.attention.attention.query.weight" in model.state_dict() else DINO_NAMES
 
 
 def _materialise(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
@@ -228,17 +240,19 @@ class SigLIPDinoSAMTower(nn.Module):
             siglip = SiglipVisionModel(siglip_config(g.siglip))
         with torch.device("meta"):
             sam = SamImageEncoder(g.sam)
-        dino = _materialise(dino, to_hf(dino_t, g.dino, DINO_NAMES), "Dinov2WithRegistersModel")
+        names = dino_names(dino)
+        dino = _materialise(dino, to_hf(dino_t, g.dino, names), "Dinov2WithRegistersModel")
         siglip = _materialise(siglip, to_hf(siglip_t, g.siglip, SIGLIP_NAMES), "SiglipVisionModel")
         sam = _materialise(sam, _sub(vit, SAM), "SAM")
-        used = {DINO + k for k in from_hf(dino.state_dict(), g.dino, DINO_NAMES)}
+        used = {DINO + k for k in from_hf(dino.state_dict(), g.dino, names)}
         used |= {SIGLIP + k for k in from_hf(siglip.state_dict(), g.siglip, SIGLIP_NAMES)}
         unused = {k: v for k, v in vit.items() if not k.startswith(SAM) and k not in used}
         return cls(g, dino, siglip, sam, unused)
 
     def vit_state_dict(self) -> dict[str, torch.Tensor]:
         """The checkpoint's `vit.*` tensors (keys without `vit.`), in the checkpoint's order of towers."""
-        out = {DINO + k: v for k, v in from_hf(self.dino.state_dict(), self.geometry.dino, DINO_NAMES).items()}
+        names = dino_names(self.dino)
+        out = {DINO + k: v for k, v in from_hf(self.dino.state_dict(), self.geometry.dino, names).items()}
         out |= {SIGLIP + k: v for k, v in from_hf(self.siglip.state_dict(), self.geometry.siglip, SIGLIP_NAMES).items()}
         out |= {SAM + k: v for k, v in self.sam.state_dict().items()} | self.unused
         return {k: out[k] for k in expected_shapes(self.geometry)}

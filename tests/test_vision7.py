@@ -11,7 +11,7 @@ from vision7_reference import HALF, IMAGENET, images, ln, plain_pixels, plain_sa
 
 from visualrwkv_eval.model.projector import ContextGatedProjector, adaptive_pool, build_projector, projector_in_features
 from visualrwkv_eval.model.sam import space_to_depth
-from visualrwkv_eval.model.siglip_dino_sam import SigLIPDinoSAMTower, normalize, unpack_pixels
+from visualrwkv_eval.model.siglip_dino_sam import SigLIPDinoSAMTower, dino_names, normalize, unpack_pixels
 from visualrwkv_eval.model.vision7_weights import (
     DINO,
     RELEASE,
@@ -114,7 +114,8 @@ def test_loading_assigns_the_tensors_without_copying():
     vit = random_tower_state(TINY, seed=2)
     tower = SigLIPDinoSAMTower.from_vit_state(vit)
     ptr = vit[DINO + "blocks.0.attn.qkv.weight"].untyped_storage().data_ptr()
-    assert tower.dino.encoder.layer[0].attention.q_proj.weight.untyped_storage().data_ptr() == ptr
+    q_name = "encoder.layer.0." + dino_names(tower.dino).qkv[0] + ".weight"  # the installed transformers' name
+    assert tower.dino.get_parameter(q_name).untyped_storage().data_ptr() == ptr
     sam_ptr = vit[SAM + "blocks.0.attn.qkv.weight"].data_ptr()
     assert tower.sam.blocks[0].attn.qkv.weight.data_ptr() == sam_ptr
 
