@@ -1,4 +1,5 @@
-"""What VisualRWKV needs from a language model (RWKV-6 in model/rwkv6.py; a new family adds its own class).
+"""What VisualRWKV needs from a language model (RWKV-6 in model/rwkv6.py, RWKV-7 in model/rwkv7.py; a new family
+adds its own class on `RWKVLanguageModel`, which holds the plumbing every RWKV family shares).
 
 VisualRWKV owns the image scan and drives the layers itself: it embeds the prompt's text with `embed_tokens`,
 splices the image rows in, then calls `block` layer by layer, reordering a layer's rows (and the per-row carry
@@ -8,11 +9,16 @@ Every sequence of a packed batch has its own recurrent state, so packing never c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
+from torch import nn
+
+from visualrwkv_eval import kernels
 
 from .packing import Carry, Packing
+from .rowwise import column_major_, linear
 
 
 class State(Protocol):
@@ -64,3 +70,61 @@ class LanguageModel(Protocol):
     def logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
         """Rows [n, C] -> logits [n, vocab]; `decode`: rows of a decode step."""
         ...
+
+
+class RWKVLanguageModel(nn.Module):
+    """The parts of an RWKV language model that do not depend on its time mix: token embedding, the stack of
+    blocks, the output LayerNorm and head, the WKV backend, the CPU weight layout and the forward over all
+    layers. A family sets `wkv_op` and `state_type` and defines `block` (one layer, with its carry)."""
+
+    wkv_op: str  # the kernels registry's operation (kernels.get)
+    state_type: type  # has zeros(config, batch, dtype, device) -> State
+
+    def __init__(self, config, make_block: Callable[[object, int], nn.Module]):
+        super().__init__()
+        self.config = config
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(make_block(config, i) for i in range(config.n_layer))
+        self.ln_out = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.use_backend("torch")
+
+    def use_backend(self, backend: str) -> None:
+        """Run the WKV recurrence on `backend` ("torch" | "cupy", as kernels.resolve_backend decides);
+        `backend` is the one last picked (VisualRWKV re-binds when it differs)."""
+        self.backend, self.wkv_kernel = backend, kernels.get(self.wkv_op, backend)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [T] -> rows [T, C]."""
+        return self.emb(ids)
+
+    def new_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> State:
+        """Zero state of `batch` sequences, in the head's dtype and device unless given."""
+        w = self.head.weight
+        return self.state_type.zeros(self.config, batch, dtype or w.dtype, device or w.device)
+
+    def block(
+        self, layer: int, x: torch.Tensor, state: State, pack: Packing, carry: Carry = ()
+    ) -> tuple[torch.Tensor, Carry]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, state: State, pack: Packing) -> torch.Tensor:
+        """Embeddings [T, C] -> final hidden rows [T, C], layer by layer from `state` (updated in place), every
+        layer in row order (no image scan)."""
+        self.cpu_layout_()
+        carry: Carry = ()
+        for i in range(len(self.blocks)):
+            x, carry = self.block(i, x, state, pack, carry)
+        return x
+
+    def logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
+        """Logits of rows of `hidden`; `decode`: rows of a decode step (1-row products, as in its layers)."""
+        self.cpu_layout_()
+        return linear(self.ln_out(hidden), self.head.weight, decode)
+
+    def cpu_layout_(self) -> None:
+        """On CPU, every matrix in the layout whose products are row-invariant and fast (rowwise.py); once,
+        and again after a move back from another device (the head's strides tell)."""
+        head = self.head.weight
+        if head.device.type == "cpu" and head.is_contiguous():
+            column_major_(m.weight for m in self.modules() if isinstance(m, nn.Linear))

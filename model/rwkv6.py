@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visualrwkv_eval import kernels
-
 from .config import HEAD_SIZE_DIVISOR, RWKV6Config
+from .language_model import RWKVLanguageModel
 from .packing import Carry, Packing, token_shift
-from .rowwise import bmm, column_major_, linear, matmul
+from .rowwise import bmm, linear, matmul
 
 WKV = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]  # (prefill, decode), kernels.get
 
@@ -147,30 +146,12 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x), state.ffn_shift[layer], pack)
 
 
-class RWKV6(nn.Module):
+class RWKV6(RWKVLanguageModel):
     wkv_op = "wkv6"  # the kernels registry's operation (kernels.get)
+    state_type = RecurrentState
 
     def __init__(self, cfg: RWKV6Config):
-        super().__init__()
-        self.config = cfg
-        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.ln_out = nn.LayerNorm(cfg.n_embd)
-        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.backend = "torch"
-        self.wkv_kernel: WKV = kernels.get(self.wkv_op, self.backend)
-
-    def use_backend(self, backend: str) -> None:
-        """Run the WKV recurrence on `backend` ("torch" | "cupy", as kernels.resolve_backend decides)."""
-        self.backend, self.wkv_kernel = backend, kernels.get(self.wkv_op, backend)
-
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token ids [T] -> rows [T, C]."""
-        return self.emb(ids)
-
-    def new_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> RecurrentState:
-        w = self.head.weight
-        return RecurrentState.zeros(self.config, batch, dtype or w.dtype, device or w.device)
+        super().__init__(cfg, Block)
 
     def block(
         self, layer: int, x: torch.Tensor, state: RecurrentState, pack: Packing, carry: Carry = ()
@@ -178,23 +159,3 @@ class RWKV6(nn.Module):
         """Rows [T, C] through layer `layer` -> (rows, carry). The carry holds per-row tensors [T, ...] that a
         layer hands to the next (RWKV-6: none); a scan reorders them with the rows."""
         return self.blocks[layer](x, state, layer, pack, self.wkv_kernel), carry
-
-    def forward(self, x: torch.Tensor, state: RecurrentState, pack: Packing) -> torch.Tensor:
-        """Embeddings [T, C] -> final hidden rows [T, C], every layer in row order (no image scan)."""
-        self.cpu_layout_()
-        carry: Carry = ()
-        for i in range(len(self.blocks)):
-            x, carry = self.block(i, x, state, pack, carry)
-        return x
-
-    def logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
-        """Logits of rows of `hidden`; `decode`: rows of a decode step (1-row products, as in its layers)."""
-        self.cpu_layout_()
-        return linear(self.ln_out(hidden), self.head.weight, decode)
-
-    def cpu_layout_(self) -> None:
-        """On CPU, every matrix in the layout whose products are row-invariant and fast (rowwise.py); once,
-        and again after a move back from another device (the head's strides tell)."""
-        head = self.head.weight
-        if head.device.type == "cpu" and head.is_contiguous():
-            column_major_(m.weight for m in self.modules() if isinstance(m, nn.Linear))

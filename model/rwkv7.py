@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visualrwkv_eval import kernels
-
 from .config import HEAD_SIZE_DIVISOR, X070_UNUSED_KEYS, RWKV7Config
+from .language_model import RWKVLanguageModel
 from .packing import Carry, Packing, token_shift
-from .rowwise import column_major_, linear, matmul
+from .rowwise import linear, matmul
 from .rwkv6 import WKV, RecurrentState
 
 LERPS = ("r", "w", "k", "v", "a", "g")  # token-shift mixes of the time-mix inputs, in this order
@@ -140,24 +139,16 @@ def _drop_unused_keys(module, state_dict, prefix, *_) -> None:
         state_dict.pop(prefix + key, None)
 
 
-class RWKV7(nn.Module):
+class RWKV7(RWKVLanguageModel):
     wkv_op = "wkv7"  # the kernels registry's operation (kernels.get)
+    # the same state layout as RWKV-6's: token-shift inputs of both mixers, the fp32 WKV state S[h, i, j] with
+    # i = value index, j = key index
+    state_type = RecurrentState
 
     def __init__(self, cfg: RWKV7Config):
-        super().__init__()
-        self.config = cfg
-        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block7(cfg, i) for i in range(cfg.n_layer))
-        self.ln_out = nn.LayerNorm(cfg.n_embd)
-        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        super().__init__(cfg, Block7)
         # layer 0's value-residual LoRA, present unused in newer RWKV-LM files: dropped by every load_state_dict
         self.register_load_state_dict_pre_hook(_drop_unused_keys)
-        self.backend = "torch"  # the backend use_backend last picked (VisualRWKV re-binds when it differs)
-        self.kernel: WKV = kernels.get(self.wkv_op, self.backend)
-
-    def use_backend(self, backend: str) -> None:
-        """Run the WKV recurrence on `backend` ("torch" | "cupy", as kernels.resolve_backend decides)."""
-        self.backend, self.kernel = backend, kernels.get(self.wkv_op, backend)
 
     @staticmethod
     def from_weights(weights: dict[str, torch.Tensor], config: RWKV7Config | None = None) -> RWKV7:
@@ -172,41 +163,11 @@ class RWKV7(nn.Module):
         model.load_state_dict(weights, strict=True, assign=True)
         return model.eval()
 
-    def new_state(self, batch: int, dtype: torch.dtype | None = None, device=None) -> RecurrentState:
-        """Zero state of `batch` sequences: the same layout as RWKV-6's (token-shift inputs of both mixers, the
-        fp32 WKV state S[h, i, j] with i = value index, j = key index)."""
-        w = self.head.weight
-        return RecurrentState.zeros(self.config, batch, dtype or w.dtype, device or w.device)
-
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token ids [T] -> rows [T, C]."""
-        return self.emb(ids)
-
     def block(
         self, layer: int, x: torch.Tensor, state: RecurrentState, pack: Packing, carry: Carry = ()
     ) -> tuple[torch.Tensor, Carry]:
         """Rows [T, C] through layer `layer` -> (rows, carry). The carry is (v_first,): layer 0's value of each
         row [T, A], which every later layer mixes into its own (empty before layer 0); a scan that reorders
         the rows reorders it with them."""
-        x, v_first = self.blocks[layer](x, carry[0] if carry else None, state, layer, pack, self.kernel)
+        x, v_first = self.blocks[layer](x, carry[0] if carry else None, state, layer, pack, self.wkv_kernel)
         return x, (v_first,)
-
-    def forward(self, x: torch.Tensor, state: RecurrentState, pack: Packing) -> torch.Tensor:
-        """Embeddings [T, C] -> final hidden rows [T, C], layer by layer from `state` (updated in place)."""
-        self.cpu_layout_()
-        carry: Carry = ()
-        for i in range(len(self.blocks)):
-            x, carry = self.block(i, x, state, pack, carry)
-        return x
-
-    def logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
-        """Logits of rows of `hidden`; `decode`: rows of a decode step (1-row products, as in its layers)."""
-        self.cpu_layout_()
-        return linear(self.ln_out(hidden), self.head.weight, decode)
-
-    def cpu_layout_(self) -> None:
-        """On CPU, every matrix in the layout whose products are row-invariant and fast (rowwise.py); once,
-        and again after a move back from another device (the head's strides tell)."""
-        head = self.head.weight
-        if head.device.type == "cpu" and head.is_contiguous():
-            column_major_(m.weight for m in self.modules() if isinstance(m, nn.Linear))
