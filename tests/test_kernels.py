@@ -20,6 +20,7 @@ from visualrwkv_eval.kernels.wkv6.checks import check_wkv6_args
 pytest.importorskip("cupy", reason=CUPY_MISSING)
 from cupy.cuda import nvrtc
 
+from visualrwkv_eval.kernels import cupy_common
 from visualrwkv_eval.kernels.wkv6 import cupy as wkv6_cupy
 from visualrwkv_eval.kernels.wkv6.cupy import (
     SPLITS,
@@ -221,7 +222,7 @@ def test_launch_goes_on_torchs_current_stream(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
     monkeypatch.setattr(wkv6_cupy, "_kernel", lambda *key: lambda *a, stream: launches.append(stream))
     monkeypatch.setattr(wkv6_cupy.cupy.cuda, "Device", lambda device: contextlib.nullcontext())
-    wkv6_cupy._cupy_stream.cache_clear()
+    cupy_common._cupy_stream.cache_clear()
     r, u, state = torch.empty(1, 2, 64, device="meta"), torch.empty(2, 64, device="meta"), torch.empty(1, 2, 64, 64)
     launch = wkv6_cupy.Launch(1, 2, (r, r, r, r, u, state.to("meta"), r, None), 1, 2)
     with warnings.catch_warnings():
@@ -232,7 +233,7 @@ def test_launch_goes_on_torchs_current_stream(monkeypatch):
         wkv6_cupy._run_on_gpu(launch)
     assert [s.ptr for s in launches] == [0xA000, 0xA000, 0xB000]
     assert launches[0] is launches[1]  # cached per (device, stream)
-    wkv6_cupy._cupy_stream.cache_clear()
+    cupy_common._cupy_stream.cache_clear()
 
 
 def test_checks_are_cheap():
@@ -246,7 +247,7 @@ def test_checks_are_cheap():
 def test_offsets_are_uploaded_once_per_prefill(monkeypatch):
     """Every layer of a prefill passes the same CPU offsets: one host-to-device copy serves them all, and new
     values (even in the same tensor, which inference mode cannot version) get a new copy."""
-    monkeypatch.setattr(wkv6_cupy, "_uploaded", None)
+    monkeypatch.setattr(cupy_common, "_uploaded", None)
     copies = []
     real_to = torch.Tensor.to
 

@@ -16,6 +16,7 @@ from visualrwkv_eval.kernels.wkv7 import wkv7_decode_torch, wkv7_prefill_torch
 pytest.importorskip("cupy", reason=CUPY_MISSING)
 from cupy.cuda import nvrtc
 
+from visualrwkv_eval.kernels import cupy_common
 from visualrwkv_eval.kernels.wkv7 import cupy as wkv7_cupy
 from visualrwkv_eval.kernels.wkv7.cupy import (
     compile_options,
@@ -157,7 +158,7 @@ def test_launch_goes_on_torchs_current_stream(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
     monkeypatch.setattr(wkv7_cupy, "_kernel", lambda *key: lambda *a, stream: launches.append((a, stream)))
     monkeypatch.setattr(wkv7_cupy.cupy.cuda, "Device", lambda device: contextlib.nullcontext())
-    wkv7_cupy._cupy_stream.cache_clear()
+    cupy_common._cupy_stream.cache_clear()
     r, state = torch.empty(1, 2, 64, device="meta"), torch.empty(1, 2, 64, 64, device="meta")
     launch = wkv7_cupy.Launch(2, (r, r, r, r, r, r, state, r, None), 1, 2)
     with warnings.catch_warnings():
@@ -168,7 +169,7 @@ def test_launch_goes_on_torchs_current_stream(monkeypatch):
     assert [s.ptr for _, s in launches] == [0xA000, 0xB000]
     grid, block, args = launches[0][0]
     assert grid == (2,) and block == (64,) and len(args) == 11 and args[-2:] == (1, 2)
-    wkv7_cupy._cupy_stream.cache_clear()
+    cupy_common._cupy_stream.cache_clear()
 
 
 # --- GPU: the kernel against the reference --------------------------------------------------------------------

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from visualrwkv_eval.kernels.wkv6.cupy import _DTYPE_NAMES, THREADS, Launch, kernel_source
+from visualrwkv_eval.kernels.cupy_common import _DTYPE_NAMES
+from visualrwkv_eval.kernels.wkv6.cupy import THREADS, Launch, kernel_source
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = ROOT / "kernels" / "wkv6" / "wkv6.cu"

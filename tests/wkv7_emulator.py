@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from wkv6_emulator import CXXFLAGS, FP16_PTX, SHIM_DIR, Guarded, LaunchFailed, gxx
 
-from visualrwkv_eval.kernels.wkv6.cupy import _DTYPE_NAMES
+from visualrwkv_eval.kernels.cupy_common import _DTYPE_NAMES
 from visualrwkv_eval.kernels.wkv7.cupy import STATE, Launch, Y, kernel_source
 
 KERNEL = Path(__file__).resolve().parents[1] / "kernels" / "wkv7" / "wkv7.cu"

@@ -1,4 +1,5 @@
-"""Argument checks shared by every WKV6 implementation, so that all of them accept and reject the same inputs.
+"""Argument checks shared by every WKV6 implementation, so that all of them accept and reject the same inputs
+(the checks themselves, common to every WKV op, are in kernels/checks.py).
 
 The contract (reference.py and cupy.py alike):
 - r, k, v, w: [T, H, N] (prefill) or [B, H, N] (decode); u: [H, N]; all five share one float dtype
@@ -15,11 +16,9 @@ The decode check runs once per layer and step, so it is written to cost a few mi
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from ..checks import check_wkv_args
 
 
 def check_wkv6_args(
@@ -33,47 +32,4 @@ def check_wkv6_args(
     *,
     decode: bool,
 ) -> None:
-    shape = r.shape
-    if len(shape) != 3:
-        raise ValueError(f"wkv6: r must be {'[B, H, N]' if decode else '[T, H, N]'}, got shape {tuple(shape)}")
-    if not (k.shape == shape and v.shape == shape and w.shape == shape):
-        name, t = next((n, t) for n, t in (("k", k), ("v", v), ("w", w)) if t.shape != shape)
-        raise ValueError(f"wkv6: {name} has shape {tuple(t.shape)}, r has {tuple(shape)}")
-    H, N = shape[1], shape[2]
-    if u.shape != (H, N):
-        raise ValueError(f"wkv6: u must be [H, N] = [{H}, {N}], got {tuple(u.shape)}")
-    dtype = r.dtype
-    if not (dtype in FLOAT_DTYPES and k.dtype == dtype and v.dtype == dtype and w.dtype == dtype and u.dtype == dtype):
-        _dtype_error(r, k, v, w, u)
-    if state.dtype != torch.float32:
-        raise ValueError(f"wkv6: state must be float32, got {state.dtype}")
-    batch = shape[0] if decode else (1 if cu_seqlens is None else cu_seqlens.numel() - 1)
-    if state.shape != (batch, H, N, N):
-        raise ValueError(f"wkv6: state must be [B, H, N, N] = [{batch}, {H}, {N}, {N}], got {tuple(state.shape)}")
-    device = r.device
-    if not (k.device == device and v.device == device and w.device == device and u.device == device
-            and state.device == device):  # fmt: skip
-        devices = {t.device for t in (r, k, v, w, u, state)}
-        raise ValueError(f"wkv6: all tensors must be on one device, got {sorted(map(str, devices))}")
-    if cu_seqlens is not None:
-        _check_offsets(cu_seqlens, shape[0], device)
-
-
-def _dtype_error(*tensors: torch.Tensor) -> None:
-    for name, t in zip("rkvwu", tensors):
-        if t.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"wkv6: {name} has dtype {t.dtype}; expected float32, bfloat16 or float16")
-    dtypes = ", ".join(str(t.dtype) for t in tensors)
-    raise ValueError(f"wkv6: r, k, v, w, u must share one dtype, got {dtypes}")
-
-
-def _check_offsets(cu_seqlens: torch.Tensor, T: int, device: torch.device) -> None:
-    if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise ValueError("wkv6: cu_seqlens must be a 1-D integer tensor [B + 1] of sequence offsets")
-    if cu_seqlens.device.type != "cpu":
-        if cu_seqlens.device != device:
-            raise ValueError(f"wkv6: cu_seqlens must be on the CPU or on {device}, got {cu_seqlens.device}")
-        return  # reading the offsets back would synchronise the device on every launch
-    c = cu_seqlens.tolist()
-    if c[0] != 0 or c[-1] != T or any(b < a for a, b in itertools.pairwise(c)):
-        raise ValueError(f"wkv6: cu_seqlens must rise from 0 to T = {T}, got {c}")
+    check_wkv_args("wkv6", "rkvw", (r, k, v, w), state, cu_seqlens, decode=decode, u=u)

@@ -21,27 +21,26 @@ from typing import NamedTuple
 import cupy
 import torch
 
+from ..cupy_common import (
+    _dense,
+    _device_offsets,
+    check_device,
+    check_head_size,
+    compile_options,
+    launch_on_current_stream,
+    probe_mismatch,
+)
 from .checks import check_wkv6_args
 from .reference import wkv6_prefill_torch
 
 HEAD_SIZE = 64
 THREADS = HEAD_SIZE  # per block, whatever the split
 SPLITS = (1, 2, 4)  # blocks per head: the entry points wkv6_split1, wkv6_split2, wkv6_split4
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 @functools.cache
 def kernel_source() -> str:
     return files(__package__).joinpath("wkv6.cu").read_text()
-
-
-def compile_options(dtype: torch.dtype) -> tuple[str, ...]:
-    """NVRTC options for one storage dtype, without the target architecture (CuPy adds the device's).
-
-    CuPy always adds -ftz=true; it is spelled out so that a compile check with these options builds exactly
-    what runs.
-    """
-    return (f"-DWKV_DTYPE_{_DTYPE_NAMES[dtype]}", "-ftz=true")
 
 
 @functools.cache
@@ -59,25 +58,6 @@ def _kernel(device: int, dtype: torch.dtype, split: int) -> cupy.cuda.Function:
 @functools.cache
 def _sm_count(device: int) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-class _StreamHandle:
-    """A raw stream handle seen through the CUDA stream protocol (for torch builds whose streams lack it)."""
-
-    def __init__(self, handle: int):
-        self.handle = handle
-
-    def __cuda_stream__(self) -> tuple[int, int]:
-        return (0, self.handle)
-
-
-@functools.lru_cache(maxsize=64)
-def _cupy_stream(device: int, handle: int):
-    """CuPy's view of one of torch's streams, made once per (device, stream). CuPy 14 deprecates ExternalStream in
-    favour of Stream.from_external (the CUDA stream protocol); CuPy 13 has only the former."""
-    if hasattr(cupy.cuda.Stream, "from_external"):
-        return cupy.cuda.Stream.from_external(_StreamHandle(handle))
-    return cupy.cuda.ExternalStream(handle, device)
 
 
 def default_split(heads: int, sm_count: int) -> int:
@@ -101,45 +81,13 @@ class Launch(NamedTuple):  # a NamedTuple: built on every launch, and cheaper th
 
 def _check_launchable(r: torch.Tensor, split: int | None) -> None:
     """What the kernel needs beyond the shared contract."""
-    if r.shape[-1] != HEAD_SIZE:
-        raise ValueError(f"wkv6 (cupy): head size N must be {HEAD_SIZE}, got {r.shape[-1]}; use kernel='torch'")
+    check_head_size("wkv6", r, HEAD_SIZE)
     if split is not None and split not in SPLITS:
         raise ValueError(f"wkv6 (cupy): split must be one of {SPLITS}, got {split}")
 
 
 def _check_device(r: torch.Tensor) -> None:
-    if r.device.type != "cuda":
-        raise ValueError(f"wkv6 (cupy): tensors must be on a CUDA device, got {r.device}; use kernel='torch'")
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
-
-
-# The model passes the same CPU offsets to every layer of a prefill: upload them once, not once per layer. Keyed by
-# value (a CPU comparison, no synchronisation): inference-mode tensors keep no version counter.
-_uploaded: tuple[torch.Tensor, torch.device, int, torch.Tensor] | None = None
-
-
-def _device_offsets(cu_seqlens: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """int64, contiguous, on `device`; offsets on the CPU are copied once per (values, device, stream)."""
-    global _uploaded
-    if cu_seqlens.device == device:
-        return _dense(cu_seqlens.to(torch.int64))
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    seen = _uploaded
-    if (
-        seen is not None
-        and seen[1:3] == (device, stream)
-        and seen[0].shape == cu_seqlens.shape
-        and torch.equal(seen[0], cu_seqlens.to(torch.int64))
-    ):
-        return seen[3]
-    # Ordered on the current stream before the kernel; non_blocking spares a stream synchronisation (the driver
-    # stages pageable memory before returning, so the CPU tensor may change afterwards).
-    offsets = cu_seqlens.to(device, torch.int64, non_blocking=True).contiguous()
-    _uploaded = (cu_seqlens.to(torch.int64, copy=True), device, stream, offsets)
-    return offsets
+    check_device("wkv6", r)
 
 
 def plan(r, k, v, w, u, state, cu_seqlens, *, decode: bool, split: int | None, sm_count: int):
@@ -158,15 +106,8 @@ def plan(r, k, v, w, u, state, cu_seqlens, *, decode: bool, split: int | None, s
 
 def _run_on_gpu(launch: Launch) -> None:
     r = launch.tensors[0]
-    device = r.device.index
-    stream = _cupy_stream(device, torch.cuda.current_stream(r.device).cuda_stream)
-    pointers = tuple(0 if t is None else t.data_ptr() for t in launch.tensors)
-    # The module was loaded on `device`; the launch needs that device's context current. Python ints travel as
-    # 64-bit values: the kernel takes pointers and long long.
-    with cupy.cuda.Device(device):
-        _kernel(device, r.dtype, launch.split)(
-            (launch.grid,), (THREADS,), (*pointers, launch.seq_len, launch.heads), stream=stream
-        )
+    kernel = _kernel(r.device.index, r.dtype, launch.split)
+    launch_on_current_stream(kernel, launch.grid, THREADS, launch.tensors, launch.seq_len, launch.heads)
 
 
 def _wkv6(r, k, v, w, u, state, cu_seqlens, *, decode: bool, split: int | None) -> torch.Tensor:
@@ -225,12 +166,6 @@ def probe(device: int, dtype: torch.dtype) -> str | None:
     state = torch.randn(2, 2, 64, 64, generator=g)
     cu = torch.tensor([0, 4, 9])
     cpu = [t.to(dtype) for t in (r, k, v, w, u)]
-    y_ref = wkv6_prefill_torch(*cpu, state_ref := state.clone(), cu).float()
-    y = wkv6_prefill_cupy(*[t.to(gpu) for t in cpu], state_gpu := state.to(gpu), cu).float().cpu()
-    torch.cuda.synchronize(gpu)
-    err = max(((y - y_ref).abs().max() / y_ref.abs().max()).item(),
-              ((state_gpu.cpu() - state_ref).abs().max() / state_ref.abs().max()).item())  # fmt: skip
-    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    if not err <= tolerance:  # NaN fails too
-        return f"the probe launch differs from the PyTorch reference (max relative error {err:.3g} > {tolerance})"
-    return None
+    y_ref = wkv6_prefill_torch(*cpu, state_ref := state.clone(), cu)
+    y = wkv6_prefill_cupy(*[t.to(gpu) for t in cpu], state_gpu := state.to(gpu), cu)
+    return probe_mismatch(y, y_ref, state_gpu, state_ref, dtype)

@@ -1,7 +1,7 @@
 """WKV7 CUDA kernel (wkv7.cu) launched through CuPy, with the same signatures and the same argument contract as
 the PyTorch reference (reference.py, checks.py), plus N = 64.
 
-As for WKV6 (kernels/wkv6/cupy.py, whose stream and offset helpers this module shares): the source is compiled at
+As for WKV6 (kernels/wkv6/cupy.py; the helpers both share are in kernels/cupy_common.py): the source is compiled at
 run time by NVRTC (cupy.RawModule), once per storage dtype and device; tensors stay torch tensors, passed to the
 kernel as raw pointers (CuPy has no bf16 dtype); every launch goes on torch's current stream. A launch is planned
 (`plan`: pure torch, no CUDA call) and then run (`_run_on_gpu`); the CPU emulation in the tests runs the same plans
@@ -19,7 +19,15 @@ from typing import NamedTuple
 import cupy
 import torch
 
-from ..wkv6.cupy import _DTYPE_NAMES, _cupy_stream, _dense, _device_offsets
+from ..cupy_common import (
+    _dense,
+    _device_offsets,
+    check_device,
+    check_head_size,
+    compile_options,
+    launch_on_current_stream,
+    probe_mismatch,
+)
 from .checks import check_wkv7_args
 from .reference import wkv7_prefill_torch
 
@@ -30,12 +38,6 @@ THREADS = HEAD_SIZE  # one thread per value row of a head's state
 @functools.cache
 def kernel_source() -> str:
     return files(__package__).joinpath("wkv7.cu").read_text()
-
-
-def compile_options(dtype: torch.dtype) -> tuple[str, ...]:
-    """NVRTC options for one storage dtype, without the target architecture (CuPy adds the device's). CuPy always
-    adds -ftz=true; it is spelled out so that a compile check with these options builds exactly what runs."""
-    return (f"-DWKV_DTYPE_{_DTYPE_NAMES[dtype]}", "-ftz=true")
 
 
 @functools.cache
@@ -64,13 +66,11 @@ STATE, Y = 6, 7  # positions in Launch.tensors
 
 
 def _check_launchable(r: torch.Tensor) -> None:
-    if r.shape[-1] != HEAD_SIZE:
-        raise ValueError(f"wkv7 (cupy): head size N must be {HEAD_SIZE}, got {r.shape[-1]}; use kernel='torch'")
+    check_head_size("wkv7", r, HEAD_SIZE)
 
 
 def _check_device(r: torch.Tensor) -> None:
-    if r.device.type != "cuda":
-        raise ValueError(f"wkv7 (cupy): tensors must be on a CUDA device, got {r.device}; use kernel='torch'")
+    check_device("wkv7", r)
 
 
 def _kernel_state(state: torch.Tensor) -> torch.Tensor:
@@ -95,13 +95,8 @@ def plan(r, w, k, v, a, b, state, cu_seqlens, *, decode: bool):
 
 def _run_on_gpu(launch: Launch) -> None:
     r = launch.tensors[0]
-    device = r.device.index
-    stream = _cupy_stream(device, torch.cuda.current_stream(r.device).cuda_stream)
-    pointers = tuple(0 if t is None else t.data_ptr() for t in launch.tensors)
-    # The module was loaded on `device`; the launch needs that device's context current. Python ints travel as
-    # 64-bit values: the kernel takes pointers and long long.
-    with cupy.cuda.Device(device):
-        _kernel(device, r.dtype)((launch.grid,), (THREADS,), (*pointers, launch.seq_len, launch.heads), stream=stream)
+    kernel = _kernel(r.device.index, r.dtype)
+    launch_on_current_stream(kernel, launch.grid, THREADS, launch.tensors, launch.seq_len, launch.heads)
 
 
 def _wkv7(r, w, k, v, a, b, state, cu_seqlens, *, decode: bool) -> torch.Tensor:
@@ -164,12 +159,6 @@ def probe(device: int, dtype: torch.dtype) -> str | None:
     *x, state = probe_inputs(9, 2, B=2)
     cu = torch.tensor([0, 4, 9])
     cpu = [t.to(dtype) for t in x]
-    y_ref = wkv7_prefill_torch(*cpu, state_ref := state.clone(), cu).float()
-    y = wkv7_prefill_cupy(*[t.to(gpu) for t in cpu], state_gpu := state.to(gpu), cu).float().cpu()
-    torch.cuda.synchronize(gpu)
-    err = max(((y - y_ref).abs().max() / y_ref.abs().max()).item(),
-              ((state_gpu.cpu() - state_ref).abs().max() / state_ref.abs().max()).item())  # fmt: skip
-    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    if not err <= tolerance:  # NaN fails too
-        return f"the probe launch differs from the PyTorch reference (max relative error {err:.3g} > {tolerance})"
-    return None
+    y_ref = wkv7_prefill_torch(*cpu, state_ref := state.clone(), cu)
+    y = wkv7_prefill_cupy(*[t.to(gpu) for t in cpu], state_gpu := state.to(gpu), cu)
+    return probe_mismatch(y, y_ref, state_gpu, state_ref, dtype)
