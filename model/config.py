@@ -11,6 +11,18 @@ HEAD_SIZE_DIVISOR = 8  # GroupNorm eps = 1e-5 * 8**2 (github.com/howard-hou/Visu
 WORLD_VOCAB_SIZE = 65536  # emb / head rows of every RWKV World model (token ids 1..65529 in use)
 
 
+def _outer_shapes(vocab_size: int, C: int) -> dict[str, tuple[int, ...]]:
+    """The keys every RWKV-LM family shares around its blocks: embedding, layer 0's ln0, output LayerNorm, head."""
+    return {
+        "emb.weight": (vocab_size, C),
+        "blocks.0.ln0.weight": (C,),
+        "blocks.0.ln0.bias": (C,),
+        "ln_out.weight": (C,),
+        "ln_out.bias": (C,),
+        "head.weight": (vocab_size, C),
+    }
+
+
 @dataclass(frozen=True)
 class RWKV6Config:
     n_layer: int
@@ -63,14 +75,7 @@ class RWKV6Config:
         """Every key of an x060 RWKV-LM state dict and its shape (as RWKV-LM's trainer saves it; the `rwkv` pip
         package's RWKV_x060 loader reads the same names)."""
         C, A, F, H, N = self.n_embd, self.dim_att, self.dim_ffn, self.n_head, self.head_size
-        shapes: dict[str, tuple[int, ...]] = {
-            "emb.weight": (self.vocab_size, C),
-            "blocks.0.ln0.weight": (C,),
-            "blocks.0.ln0.bias": (C,),
-            "ln_out.weight": (C,),
-            "ln_out.bias": (C,),
-            "head.weight": (self.vocab_size, C),
-        }
+        shapes = _outer_shapes(self.vocab_size, C)
         for i in range(self.n_layer):
             p = f"blocks.{i}."
             for ln in ("ln1", "ln2"):
@@ -166,14 +171,7 @@ class RWKV7Config:
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every key of an x070 RWKV-LM state dict (no prefix) and its shape."""
         C, A, F, H, N = self.n_embd, self.dim_att, self.dim_ffn, self.n_head, self.head_size
-        shapes: dict[str, tuple[int, ...]] = {
-            "emb.weight": (self.vocab_size, C),
-            "blocks.0.ln0.weight": (C,),
-            "blocks.0.ln0.bias": (C,),
-            "ln_out.weight": (C,),
-            "ln_out.bias": (C,),
-            "head.weight": (self.vocab_size, C),
-        }
+        shapes = _outer_shapes(self.vocab_size, C)
         loras = {"w": self.d_decay, "a": self.d_aaa, "v": self.d_mv}
         for i in range(self.n_layer):
             p0 = f"blocks.{i}."
