@@ -56,3 +56,15 @@ def lmms_model(demo_dir):
     tiny = demo_dir / "tiny"
     return VisualRWKVLmms(pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"), dtype="float32",
                       batch_size=4)  # fmt: skip
+
+
+@pytest.fixture
+def fresh_backends():
+    """resolve_backend decides once per process: forget earlier decisions around a test."""
+    import visualrwkv_eval.kernels as kernels
+
+    for fn in (kernels.cupy_import_error, kernels.probe_cupy, kernels._resolve):
+        fn.cache_clear()
+    yield
+    for fn in (kernels.cupy_import_error, kernels.probe_cupy, kernels._resolve):
+        fn.cache_clear()

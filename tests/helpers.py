@@ -1,9 +1,14 @@
-"""What several test files share: named token ids, random WKV6 inputs, the float64 WKV6 recurrence and the
-relative error the WKV tests measure with. A plain module that imports only torch (pytest puts tests/ on
-sys.path), so that tests/test_kernels.py still runs on a GPU machine without the evaluation stack. The stop
-token is the package's own (visualrwkv_eval.model.tokenizer.STOP_TOKEN, 261, "\n\n"): import it from there."""
+"""What several test files share: named token ids, random WKV6 inputs, the float64 WKV6 recurrence, the
+relative error the WKV tests measure with, and the CuPy launchers' test tools (NVRTC to PTX, recorded launches,
+a busy default stream). A plain module that imports only torch at the top (pytest puts tests/ on sys.path; CuPy
+and pytest inside the tools that need them), so that tests/test_kernels.py still runs on a GPU machine without the
+evaluation stack. The stop token is the package's own (visualrwkv_eval.model.tokenizer.STOP_TOKEN, 261, "\n\n"):
+import it from there."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
 
 import torch
 
@@ -69,3 +74,62 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|, in float64 on the CPU."""
     a, b = a.double().cpu(), b.double().cpu()
     return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# --- the CuPy launchers' tests (tests/test_kernels.py, tests/test_wkv7_kernels.py) -------------------------------
+
+
+def nvrtc_ptx(source: str, name: str, options: tuple[str, ...]) -> str:
+    """PTX from NVRTC without a device; a compile error fails the test with NVRTC's log."""
+    import pytest
+    from cupy.cuda import nvrtc
+
+    prog = nvrtc.createProgram(source, name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, list(options))
+        except nvrtc.NVRTCError as e:
+            pytest.fail(f"NVRTC {options}: {e}\n{nvrtc.getProgramLog(prog)}")
+        return nvrtc.getPTX(prog).decode(errors="replace")
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+class FakeStream:
+    """Stands in for torch's current stream where there is no GPU: only its handle."""
+
+    def __init__(self, handle: int):
+        self.cuda_stream = handle
+
+
+def record_launches(monkeypatch, launcher) -> tuple[list, list[FakeStream]]:
+    """Without a GPU: `launcher`'s (a CuPy launcher module's) kernel becomes a recorder of (launch arguments, CuPy
+    stream) and entering a device does nothing. Returns (launches, current): torch's current stream is current[0],
+    a FakeStream the test may replace."""
+    from visualrwkv_eval.kernels import cupy_common
+
+    launches: list = []
+    current = [FakeStream(0xA000)]
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[0])
+    monkeypatch.setattr(launcher, "_kernel", lambda *key: lambda *a, stream: launches.append((a, stream)))
+    monkeypatch.setattr(launcher.cupy.cuda, "Device", lambda device: contextlib.nullcontext())
+    cupy_common._cupy_stream.cache_clear()
+    return launches, current
+
+
+def side_stream_behind_busy_default(launch: Callable[[], tuple[torch.Tensor, torch.Tensor]]):
+    """`launch()` -> (y, state), run on a side stream while the default stream is busy for ~0.5 s; returns copies
+    taken on the side stream. A kernel queued on the default (or legacy null) stream instead would leave them
+    unwritten when read."""
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    torch.cuda._sleep(1_000_000_000)  # on the default stream
+    busy = torch.cuda.Event()
+    busy.record()
+    with torch.cuda.stream(side):
+        y, state = launch()
+        y, state = y.clone(), state.clone()
+    side.synchronize()
+    assert not busy.query(), "the default stream finished early: the test could not tell the streams apart"
+    torch.cuda.synchronize()
+    return y, state

@@ -2,7 +2,6 @@
 PyTorch reference on a GPU (marked `gpu`, skipped without one). Imports only torch, cupy, pytest and the kernels,
 so that it runs on a GPU machine without the evaluation stack."""
 
-import contextlib
 import functools
 import subprocess
 import sys
@@ -11,14 +10,22 @@ import warnings
 
 import pytest
 import torch
-from helpers import CUPY_MISSING, cu_seqlens, rel_err, wkv6_inputs
+from helpers import (
+    CUPY_MISSING,
+    FakeStream,
+    cu_seqlens,
+    nvrtc_ptx,
+    record_launches,
+    rel_err,
+    side_stream_behind_busy_default,
+    wkv6_inputs,
+)
 
 import visualrwkv_eval.kernels as kernels
 from visualrwkv_eval.kernels import resolve_backend, wkv6_decode, wkv6_prefill, wkv6_prefill_torch
 from visualrwkv_eval.kernels.wkv6.checks import check_wkv6_args
 
 pytest.importorskip("cupy", reason=CUPY_MISSING)
-from cupy.cuda import nvrtc
 
 from visualrwkv_eval.kernels import cupy_common
 from visualrwkv_eval.kernels.wkv6 import cupy as wkv6_cupy
@@ -40,23 +47,10 @@ inputs = functools.partial(wkv6_inputs, H=4)
 # --- CPU: the kernel source compiles, exactly as the runtime builds it ---------------------------------------
 
 
-def nvrtc_ptx(source: str, options: tuple[str, ...]) -> str:
-    """PTX from NVRTC without a device; a compile error fails the test with NVRTC's log."""
-    prog = nvrtc.createProgram(source, "wkv6.cu", [], [])
-    try:
-        try:
-            nvrtc.compileProgram(prog, list(options))
-        except nvrtc.NVRTCError as e:
-            pytest.fail(f"NVRTC {options}: {e}\n{nvrtc.getProgramLog(prog)}")
-        return nvrtc.getPTX(prog).decode(errors="replace")
-    finally:
-        nvrtc.destroyProgram(prog)
-
-
 @pytest.mark.parametrize("arch", ["80", "90"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_kernel_source_compiles(dtype, arch):
-    ptx = nvrtc_ptx(kernel_source(), (*compile_options(dtype), f"--gpu-architecture=compute_{arch}"))
+    ptx = nvrtc_ptx(kernel_source(), "wkv6.cu", (*compile_options(dtype), f"--gpu-architecture=compute_{arch}"))
     for split in SPLITS:
         assert f".entry wkv6_split{split}(" in ptx
 
@@ -64,7 +58,7 @@ def test_kernel_source_compiles(dtype, arch):
 def test_compile_error_shows_the_log():
     broken = kernel_source().replace("acc = fmaf(r, s, acc);", "acc = fmaf(r, undeclared, acc);")
     with pytest.raises(pytest.fail.Exception, match="undeclared"):
-        nvrtc_ptx(broken, (*compile_options(torch.bfloat16), "--gpu-architecture=compute_90"))
+        nvrtc_ptx(broken, "wkv6.cu", (*compile_options(torch.bfloat16), "--gpu-architecture=compute_90"))
 
 
 # --- CPU: argument checks and backend choice ------------------------------------------------------------------
@@ -120,16 +114,6 @@ def test_dispatcher_routes_by_backend():
         wkv6_decode(*inputs(2, B=2), backend="cupy")
     with pytest.raises(ValueError, match="backend='auto'"):
         wkv6_prefill(r, k, v, w, u, state, backend="auto")
-
-
-@pytest.fixture
-def fresh_backends():
-    """resolve_backend decides once per process: forget earlier decisions around a test."""
-    for fn in (kernels.cupy_import_error, kernels.probe_cupy, kernels._resolve):
-        fn.cache_clear()
-    yield
-    for fn in (kernels.cupy_import_error, kernels.probe_cupy, kernels._resolve):
-        fn.cache_clear()
 
 
 @pytest.fixture
@@ -212,27 +196,17 @@ def test_nothing_to_compute_launches_nothing(monkeypatch):
 def test_launch_goes_on_torchs_current_stream(monkeypatch):
     """Without a GPU: the launch receives CuPy's view of torch's current stream (each time the current one, one
     CuPy object per stream) and no deprecated API is used. The GPU test below shows the same with real streams."""
-    launches = []
-
-    class FakeStream:
-        def __init__(self, handle):
-            self.cuda_stream = handle
-
-    current = FakeStream(0xA000)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
-    monkeypatch.setattr(wkv6_cupy, "_kernel", lambda *key: lambda *a, stream: launches.append(stream))
-    monkeypatch.setattr(wkv6_cupy.cupy.cuda, "Device", lambda device: contextlib.nullcontext())
-    cupy_common._cupy_stream.cache_clear()
+    launches, current = record_launches(monkeypatch, wkv6_cupy)
     r, u, state = torch.empty(1, 2, 64, device="meta"), torch.empty(2, 64, device="meta"), torch.empty(1, 2, 64, 64)
     launch = wkv6_cupy.Launch(1, 2, (r, r, r, r, u, state.to("meta"), r, None), 1, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         wkv6_cupy._run_on_gpu(launch)
         wkv6_cupy._run_on_gpu(launch)
-        current = FakeStream(0xB000)
+        current[0] = FakeStream(0xB000)
         wkv6_cupy._run_on_gpu(launch)
-    assert [s.ptr for s in launches] == [0xA000, 0xA000, 0xB000]
-    assert launches[0] is launches[1]  # cached per (device, stream)
+    assert [s.ptr for _, s in launches] == [0xA000, 0xA000, 0xB000]
+    assert launches[0][1] is launches[1][1]  # cached per (device, stream)
     cupy_common._cupy_stream.cache_clear()
 
 
@@ -375,18 +349,10 @@ class TestOnGPU:
         r, k, v, w, u, state = cuda_inputs(64, dtype=torch.bfloat16, seed=3)
         expected_state = state.clone()
         expected = wkv6_prefill_cupy(r, k, v, w, u, expected_state)
-        torch.cuda.synchronize()
-        side = torch.cuda.Stream()
-        torch.cuda._sleep(1_000_000_000)  # on the default stream
-        busy = torch.cuda.Event()
-        busy.record()
-        with torch.cuda.stream(side):
-            y = wkv6_prefill(r, k, v, w, u, state, backend="cupy").clone()
-            state_after = state.clone()
-        side.synchronize()
-        assert not busy.query(), "the default stream finished early: the test could not tell the streams apart"
+        y, state_after = side_stream_behind_busy_default(
+            lambda: (wkv6_prefill(r, k, v, w, u, state, backend="cupy"), state)
+        )
         assert torch.equal(y, expected) and torch.equal(state_after, expected_state)
-        torch.cuda.synchronize()
 
     def test_no_deprecated_stream_api(self):
         r, k, v, w, u, state = cuda_inputs(3, B=3)

@@ -2,19 +2,17 @@
 the PyTorch reference on a GPU (marked `gpu`, skipped without one; scripts/gpu_check.py runs them). Imports only
 torch, cupy, pytest and the kernels, so that it runs on a GPU machine without the evaluation stack."""
 
-import contextlib
 import warnings
 
 import pytest
 import torch
-from helpers import CUPY_MISSING
+from helpers import CUPY_MISSING, FakeStream, nvrtc_ptx, record_launches, rel_err, side_stream_behind_busy_default
 
 import visualrwkv_eval.kernels as kernels
 from visualrwkv_eval.kernels import resolve_backend
 from visualrwkv_eval.kernels.wkv7 import wkv7_decode_torch, wkv7_prefill_torch
 
 pytest.importorskip("cupy", reason=CUPY_MISSING)
-from cupy.cuda import nvrtc
 
 from visualrwkv_eval.kernels import cupy_common
 from visualrwkv_eval.kernels.wkv7 import cupy as wkv7_cupy
@@ -35,37 +33,20 @@ def inputs(T, H=4, B=1, seed=0, dtype=torch.float32, device="cpu"):
     return [t.to(device, dtype) for t in x] + [state.to(device)]
 
 
-def rel_err(a, b):
-    return ((a.double().cpu() - b.double().cpu()).abs().max() / b.double().cpu().abs().max()).item()
-
-
 # --- CPU: the kernel source compiles, exactly as the runtime builds it ---------------------------------------
-
-
-def nvrtc_ptx(source: str, options: tuple[str, ...]) -> str:
-    """PTX from NVRTC without a device; a compile error fails the test with NVRTC's log."""
-    prog = nvrtc.createProgram(source, "wkv7.cu", [], [])
-    try:
-        try:
-            nvrtc.compileProgram(prog, list(options))
-        except nvrtc.NVRTCError as e:
-            pytest.fail(f"NVRTC {options}: {e}\n{nvrtc.getProgramLog(prog)}")
-        return nvrtc.getPTX(prog).decode(errors="replace")
-    finally:
-        nvrtc.destroyProgram(prog)
 
 
 @pytest.mark.parametrize("arch", ["80", "90"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_kernel_source_compiles(dtype, arch):
-    ptx = nvrtc_ptx(kernel_source(), (*compile_options(dtype), f"--gpu-architecture=compute_{arch}"))
+    ptx = nvrtc_ptx(kernel_source(), "wkv7.cu", (*compile_options(dtype), f"--gpu-architecture=compute_{arch}"))
     assert ".entry wkv7(" in ptx
 
 
 def test_compile_error_shows_the_log():
     broken = kernel_source().replace("const float v_i = sv[c][i];", "const float v_i = undeclared;")
     with pytest.raises(pytest.fail.Exception, match="undeclared"):
-        nvrtc_ptx(broken, (*compile_options(torch.bfloat16), "--gpu-architecture=compute_90"))
+        nvrtc_ptx(broken, "wkv7.cu", (*compile_options(torch.bfloat16), "--gpu-architecture=compute_90"))
 
 
 # --- CPU: argument checks, registry and backend choice --------------------------------------------------------
@@ -107,16 +88,6 @@ def test_registry_routes_by_backend():
 
 
 @pytest.fixture
-def fresh_backends():
-    """resolve_backend decides once per process: forget earlier decisions around a test."""
-    for fn in (kernels.cupy_import_error, kernels.probe_cupy, kernels._resolve):
-        fn.cache_clear()
-    yield
-    for fn in (kernels.cupy_import_error, kernels.probe_cupy, kernels._resolve):
-        fn.cache_clear()
-
-
-@pytest.fixture
 def failing_compile(monkeypatch, fresh_backends):
     """NVRTC rejects the WKV7 kernel (only that one), as a broken toolkit or driver would make it."""
 
@@ -148,23 +119,13 @@ def test_probe_failure_is_the_ops_own(failing_compile):
 
 def test_launch_goes_on_torchs_current_stream(monkeypatch):
     """Without a GPU: the launch receives CuPy's view of torch's current stream, each time the current one."""
-    launches = []
-
-    class FakeStream:
-        def __init__(self, handle):
-            self.cuda_stream = handle
-
-    current = FakeStream(0xA000)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
-    monkeypatch.setattr(wkv7_cupy, "_kernel", lambda *key: lambda *a, stream: launches.append((a, stream)))
-    monkeypatch.setattr(wkv7_cupy.cupy.cuda, "Device", lambda device: contextlib.nullcontext())
-    cupy_common._cupy_stream.cache_clear()
+    launches, current = record_launches(monkeypatch, wkv7_cupy)
     r, state = torch.empty(1, 2, 64, device="meta"), torch.empty(1, 2, 64, 64, device="meta")
     launch = wkv7_cupy.Launch(2, (r, r, r, r, r, r, state, r, None), 1, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         wkv7_cupy._run_on_gpu(launch)
-        current = FakeStream(0xB000)
+        current[0] = FakeStream(0xB000)
         wkv7_cupy._run_on_gpu(launch)
     assert [s.ptr for _, s in launches] == [0xA000, 0xB000]
     grid, block, args = launches[0][0]
@@ -254,18 +215,8 @@ class TestOnGPU:
         *x, state = cuda_inputs(64, dtype=torch.bfloat16, seed=3)
         expected_state = state.clone()
         expected = wkv7_prefill_cupy(*x, expected_state)
-        torch.cuda.synchronize()
-        side = torch.cuda.Stream()
-        torch.cuda._sleep(1_000_000_000)  # on the default stream
-        busy = torch.cuda.Event()
-        busy.record()
-        with torch.cuda.stream(side):
-            y = wkv7_prefill_cupy(*x, state).clone()
-            state_after = state.clone()
-        side.synchronize()
-        assert not busy.query(), "the default stream finished early: the test could not tell the streams apart"
+        y, state_after = side_stream_behind_busy_default(lambda: (wkv7_prefill_cupy(*x, state), state))
         assert torch.equal(y, expected) and torch.equal(state_after, expected_state)
-        torch.cuda.synchronize()
 
     def test_decode_replayed_from_a_cuda_graph_equals_eager(self):
         from visualrwkv_eval.kernels.cuda_graph import GraphedStep
