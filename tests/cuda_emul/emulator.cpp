@@ -1,48 +1,21 @@
 // CPU launcher for the unchanged kernels/wkv6.cu: built by tests/wkv6_emulator.py with
 //     g++ -std=c++20 -DWKV_DTYPE_<dtype> -DWKV_SOURCE='"<path of wkv6.cu>"' -ffp-contract=off ...
-// Blocks run one after another; the 64 threads of a block run as std::threads. An optional write count records,
-// per element of y, how many blocks wrote it: y is refilled with a sentinel before each block and compared after.
+// Blocks run one after another, each as 64 std::threads, with an optional write count (emul_launch.h).
 #include "cuda_shim.h"
 
 #include WKV_SOURCE
 
-#include <cstring>
-#include <thread>
-#include <vector>
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-// -ftz=true: fp32 denormal results flush to zero (FTZ) and denormal inputs read as zero (DAZ), as on the GPU.
-static void flush_denormals() { _mm_setcsr(_mm_getcsr() | 0x8040); }
-#elif defined(__aarch64__)
-static void flush_denormals() {
-    unsigned long fpcr;
-    asm volatile("mrs %0, fpcr" : "=r"(fpcr));
-    asm volatile("msr fpcr, %0" : : "r"(fpcr | (1ul << 24)));  // FZ
-}
-#else
-#error "flush-to-zero is only set up for x86-64 and AArch64"
-#endif
+#include "emul_launch.h"
 
 using Entry = void (*)(const wkv_t*, const wkv_t*, const wkv_t*, const wkv_t*, const wkv_t*, float*, wkv_t*,
                        const long long*, long long, long long);
 
 static void run_block(Entry entry, unsigned int block_index, const void* const* p, long long seq_len, long long H) {
-    emul::Block block(N);
-    std::vector<std::thread> threads;
-    threads.reserve(N);
-    for (unsigned int t = 0; t < N; ++t) {
-        threads.emplace_back([&, t] {
-            flush_denormals();
-            threadIdx = {t, 0, 0};
-            blockIdx = {block_index, 0, 0};
-            emul::block = &block;
-            entry(static_cast<const wkv_t*>(p[0]), static_cast<const wkv_t*>(p[1]), static_cast<const wkv_t*>(p[2]),
-                  static_cast<const wkv_t*>(p[3]), static_cast<const wkv_t*>(p[4]), static_cast<float*>(const_cast<void*>(p[5])),
-                  static_cast<wkv_t*>(const_cast<void*>(p[6])), static_cast<const long long*>(p[7]), seq_len, H);
-        });
-    }
-    for (auto& thread : threads) thread.join();
+    emul::run_block(block_index, [&] {
+        entry(static_cast<const wkv_t*>(p[0]), static_cast<const wkv_t*>(p[1]), static_cast<const wkv_t*>(p[2]),
+              static_cast<const wkv_t*>(p[3]), static_cast<const wkv_t*>(p[4]), static_cast<float*>(const_cast<void*>(p[5])),
+              static_cast<wkv_t*>(const_cast<void*>(p[6])), static_cast<const long long*>(p[7]), seq_len, H);
+    });
 }
 
 extern "C" int wkv6_emul_element_size() { return sizeof(wkv_t); }
@@ -52,24 +25,10 @@ extern "C" int wkv6_emul_element_size() { return sizeof(wkv_t); }
 extern "C" int wkv6_emul_launch(int split, long long block_begin, long long block_end, const void* const* pointers,
                                 long long seq_len, long long H, long long y_elems, int* write_counts) {
     Entry entry = split == 1 ? wkv6_split1 : split == 2 ? wkv6_split2 : split == 4 ? wkv6_split4 : nullptr;
-    if (entry == nullptr || block_begin < 0 || block_end > 0x7fffffffLL) return -1;
+    if (entry == nullptr) return -1;
     wkv_t* y = static_cast<wkv_t*>(const_cast<void*>(pointers[6]));
-    wkv_t sentinel;
-    std::memset(&sentinel, 0xff, sizeof sentinel);  // a NaN pattern that from_float never produces
-    std::vector<wkv_t> written(write_counts ? y_elems : 0, sentinel);
-    for (long long b = block_begin; b < block_end; ++b) {
-        if (write_counts)
-            for (long long i = 0; i < y_elems; ++i) y[i] = sentinel;
-        run_block(entry, static_cast<unsigned int>(b), pointers, seq_len, H);
-        if (write_counts)
-            for (long long i = 0; i < y_elems; ++i)
-                if (std::memcmp(&y[i], &sentinel, sizeof sentinel) != 0) {
-                    ++write_counts[i];
-                    written[i] = y[i];
-                }
-    }
-    if (write_counts) std::memcpy(y, written.data(), y_elems * sizeof(wkv_t));
-    return 0;
+    return emul::run_blocks(block_begin, block_end, y, y_elems, write_counts,
+                            [&](unsigned int b) { run_block(entry, b, pointers, seq_len, H); });
 }
 
 #ifdef WKV_EMUL_MAIN
@@ -77,12 +36,7 @@ extern "C" int wkv6_emul_launch(int split, long long block_begin, long long bloc
 // sequences of 0, 9 and 17 steps with every split, then a decode step, on pseudo-random inputs.
 #include <random>
 
-static wkv_t storage(float x) {  // fp32, or bf16 by truncation (any value will do)
-    const unsigned int bits = std::bit_cast<unsigned int>(x) >> (32 - 8 * sizeof(wkv_t));
-    wkv_t out;
-    std::memcpy(&out, &bits, sizeof out);  // little-endian: the low bytes
-    return out;
-}
+using emul::storage;
 
 int main() {
     const long long H = 1, B = 3, T = 26;  // sequences of 0, 9 and 17 steps
