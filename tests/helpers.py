@@ -76,6 +76,19 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10}
+
+
+def ulps(y: torch.Tensor, ref: torch.Tensor, fp32_slack: float) -> float:
+    """Largest distance of y from the float64 reference in units in the last place of y's dtype (bf16 / fp16) at
+    the reference, after taking off what fp32 arithmetic may add (fp32_slack of the largest |y|, which matters where
+    y is small)."""
+    exponent = torch.floor(torch.log2(ref.abs().clamp_min(1e-30)))
+    ulp = torch.exp2(exponent - MANTISSA_BITS[y.dtype])
+    excess = ((y.double() - ref).abs() - fp32_slack * ref.abs().max()).clamp_min(0)
+    return (excess / ulp).max().item()
+
+
 # --- the CuPy launchers' tests (tests/test_kernels.py, tests/test_wkv7_kernels.py) -------------------------------
 
 

@@ -3,18 +3,18 @@
 tests/wkv7_emulator.py compiles the kernel with g++ against the CUDA shim of tests/cuda_emul/ (one std::thread per
 CUDA thread, barriers for __syncthreads) and runs launches planned by the real launcher (kernels/wkv7/cupy.plan)
 on buffers fenced by guard pages, counting how many blocks write each element of y. Skipped, with the reason,
-where no g++ >= 11 is installed. A slow test repeats a launch under ThreadSanitizer.
+where no g++ >= 11 is installed. tests/test_wkv_thread_sanitizer.py repeats a launch under ThreadSanitizer.
 """
 
 from __future__ import annotations
 
 import itertools
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from helpers import CUPY_MISSING
+from helpers import CUPY_MISSING, MANTISSA_BITS, rel_err
+from helpers import ulps as helpers_ulps
 from test_wkv7_reference import naive_wkv7
 
 import visualrwkv_eval.kernels as kernels
@@ -30,7 +30,6 @@ pytestmark = pytest.mark.skipif(GXX is None, reason=WHY_NOT)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 LENGTHS = [0, 1, 7, 8, 9, 64, 200]  # empty, single step, around the 8-step staging chunk, and a longer one
-MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10}
 
 
 @pytest.fixture(scope="session")
@@ -69,17 +68,9 @@ def reference(tensors, state, cu):
     return torch.cat(ys), torch.stack(states)
 
 
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
-
-
 def ulps(y: torch.Tensor, ref: torch.Tensor) -> float:
-    """Largest distance of y from the reference in units in the last place of y's dtype at the reference, after
-    taking off what fp32 arithmetic may add (1e-5 of the largest |y|, which matters where y is small)."""
-    exponent = torch.floor(torch.log2(ref.abs().clamp_min(1e-30)))
-    ulp = torch.exp2(exponent - MANTISSA_BITS[y.dtype])
-    excess = ((y.double() - ref).abs() - 1e-5 * ref.abs().max()).clamp_min(0)
-    return (excess / ulp).max().item()
+    """helpers.ulps with this kernel's fp32 slack (1e-5 of the largest |y|)."""
+    return helpers_ulps(y, ref, fp32_slack=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -234,44 +225,3 @@ def test_decode_through_the_launcher_matches_the_reference(cpu_launcher):
     assert cpu_launcher[0].grid == 4 * 2 and cpu_launcher[0].seq_len == 1
     assert (y.float() - y_ref.float()).abs().max() <= 2e-2 * y_ref.float().abs().max()
     torch.testing.assert_close(state, s_ref, rtol=1e-5, atol=1e-5)
-
-
-# --- ThreadSanitizer: no data race between the emulated threads (and a removed barrier is caught) -------------
-
-FIRST_BARRIER = "__syncthreads();  // every thread is done reading the previous chunk"
-
-
-@pytest.fixture(scope="module")
-def tsan_runs(tmp_path_factory):
-    """Exit status and stderr of the kernel under ThreadSanitizer, as it is and without its first barrier."""
-    variants = {"as is": None, "no first barrier": {FIRST_BARRIER: "// barrier removed"}}
-
-    def build_and_run(name, edit):
-        build_dir = tmp_path_factory.mktemp("tsan7")
-        exe = build_dir / "tsan"
-        source = emul.source_for(torch.bfloat16, build_dir, edit)
-        flags = ("-O1", "-g", "-fsanitize=thread", "-DWKV_EMUL_MAIN")
-        built = subprocess.run(emul.compile_command(torch.bfloat16, source, exe, flags), capture_output=True, text=True)
-        assert built.returncode == 0, built.stderr
-        env = {"TSAN_OPTIONS": "halt_on_error=0 exitcode=66", "PATH": "/usr/bin:/bin"}
-        return subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=600)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = dict(zip(variants, pool.map(build_and_run, variants, variants.values())))
-    for done in runs.values():
-        if "FATAL: ThreadSanitizer" in done.stderr:
-            pytest.skip(f"ThreadSanitizer cannot run here: {done.stderr.strip().splitlines()[-1]}")
-    return runs
-
-
-@pytest.mark.slow
-def test_thread_sanitizer_finds_no_race(tsan_runs):
-    done = tsan_runs["as is"]
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "WARNING: ThreadSanitizer" not in done.stderr and done.stdout.strip() == "ok"
-
-
-@pytest.mark.slow
-def test_thread_sanitizer_catches_a_missing_barrier(tsan_runs):
-    done = tsan_runs["no first barrier"]
-    assert done.returncode == 66 and "WARNING: ThreadSanitizer: data race" in done.stderr

@@ -1,144 +1,49 @@
 """Runs the unchanged kernels/wkv6/wkv6.cu on the CPU: g++ compiles it against tests/cuda_emul/cuda_shim.h (one
 std::thread per CUDA thread), and `Emulator.run` executes a launch planned by the real launcher
 (visualrwkv_eval.kernels.wkv6.cupy.plan) on buffers fenced by inaccessible guard pages, in a forked child, so
-that an out-of-bounds access fails the test instead of corrupting memory or killing pytest. y is refilled with a
-sentinel before each block, which counts the blocks that write each element; two threads of one block writing
-the same element would be a data race, which the ThreadSanitizer build reports.
-
-Only fp16 needs the source edited: its two inline-PTX conversions become _Float16 conversions (both round to
-nearest even, as cvt.rn does), and the edit checks that each line occurs exactly once.
+that an out-of-bounds access fails the test instead of corrupting memory or killing pytest (the pieces shared with
+the WKV7 emulation are in tests/wkv_emulator.py). y is refilled with a sentinel before each block, which counts the
+blocks that write each element; two threads of one block writing the same element would be a data race, which the
+ThreadSanitizer build reports.
 """
 
 from __future__ import annotations
 
 import ctypes
-import faulthandler
-import hashlib
-import mmap
-import os
-import re
-import shutil
-import signal
-import subprocess
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from wkv_emulator import (
+    CXXFLAGS,
+    SHIM_DIR,
+    Guarded,
+    LaunchFailed,
+    build_libraries,
+    gxx,
+    gxx_command,
+    kernel_for,
+    launch_in_child,
+)
 
-from visualrwkv_eval.kernels.cupy_common import _DTYPE_NAMES
 from visualrwkv_eval.kernels.wkv6.cupy import THREADS, Launch, kernel_source
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = ROOT / "kernels" / "wkv6" / "wkv6.cu"
-SHIM_DIR = Path(__file__).resolve().parent / "cuda_emul"
-MIN_GXX = 11  # std::barrier and std::bit_cast
-
-FP16_PTX = {
-    'asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));': "f = (float)std::bit_cast<_Float16>(x);",
-    'asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));': "h = std::bit_cast<unsigned short>((_Float16)x);",
-}
-CXXFLAGS = ("-std=c++20", "-pthread", "-ffp-contract=off", "-fno-strict-aliasing", "-Wno-unknown-pragmas")
-
-
-def gxx() -> tuple[str | None, str]:
-    """(path of g++, '') when g++ >= 11 is there, else (None, why not)."""
-    path = shutil.which(os.environ.get("CXX", "g++"))
-    if path is None:
-        return None, "no g++ on PATH (the CPU emulation of the CUDA kernel needs g++ >= 11)"
-    version = subprocess.run([path, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True).stdout
-    major = int(re.match(r"\d+", version.strip() or "0").group())
-    if major < MIN_GXX:
-        return None, f"{path} is version {version.strip()}; the CPU emulation needs g++ >= {MIN_GXX}"
-    return path, ""
 
 
 def source_for(dtype: torch.dtype, build_dir: Path, edit: dict[str, str] | None = None) -> Path:
     """The kernel file itself, or for fp16 (and edited variants) a rewritten copy in build_dir."""
-    edits = dict(edit or {})
-    if dtype == torch.float16:
-        edits |= FP16_PTX
-    if not edits:
-        return KERNEL
-    text = kernel_source()
-    for old, new in edits.items():
-        count = text.count(old)
-        if count != 1:
-            raise AssertionError(f"expected {old!r} once in {KERNEL.name}, found it {count} times")
-        text = text.replace(old, new)
-    digest = hashlib.sha1(repr(sorted(edits.items())).encode()).hexdigest()[:12]
-    path = build_dir / f"wkv6_{_DTYPE_NAMES[dtype]}_{digest}.cu"
-    path.write_text(text)
-    return path
+    return kernel_for(KERNEL, kernel_source(), "wkv6", dtype, build_dir, edit)
 
 
 def compile_command(dtype: torch.dtype, source: Path, out: Path, extra: Sequence[str] = ()) -> list[str]:
-    path, why = gxx()
-    if path is None:
-        raise RuntimeError(why)
-    main = SHIM_DIR / "emulator.cpp"
-    defines = [f"-DWKV_DTYPE_{_DTYPE_NAMES[dtype]}", f'-DWKV_SOURCE="{source}"', f"-I{SHIM_DIR}"]
-    return [path, *CXXFLAGS, *defines, *extra, str(main), "-o", str(out)]
+    return gxx_command(SHIM_DIR / "emulator.cpp", dtype, source, out, extra)
 
 
 def build(build_dir: Path, dtypes: Sequence[torch.dtype]) -> dict[torch.dtype, Path]:
     """One shared library per dtype, compiled in parallel (about 2 s each)."""
-
-    def one(dtype: torch.dtype) -> Path:
-        out = build_dir / f"wkv6_emul_{_DTYPE_NAMES[dtype]}.so"
-        cmd = compile_command(dtype, source_for(dtype, build_dir), out, ("-O2", "-fPIC", "-shared"))
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"g++ failed for {dtype}:\n{' '.join(cmd)}\n{done.stderr}")
-        return out
-
-    with ThreadPoolExecutor(max_workers=len(dtypes)) as pool:
-        return dict(zip(dtypes, pool.map(one, dtypes)))
-
-
-# --- guarded buffers ------------------------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-_libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-PAGE = mmap.PAGESIZE
-
-
-class Guarded:
-    """A copy of a tensor in shared memory (MAP_SHARED: a forked child's writes are seen here) with an
-    inaccessible page before and after; `align` puts the data against the trailing page ('end': catches reads
-    past the end) or the leading one ('start': catches reads before the start)."""
-
-    def __init__(self, t: torch.Tensor, align: str):
-        nbytes = t.numel() * t.element_size()
-        body = -(-max(nbytes, 1) // PAGE) * PAGE
-        self.size = body + 2 * PAGE
-        flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
-        base = _libc.mmap(None, self.size, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
-        if base in (None, ctypes.c_void_p(-1).value):
-            raise OSError(ctypes.get_errno(), "mmap failed")
-        self.base = base
-        for page in (base, base + PAGE + body):
-            if _libc.mprotect(page, PAGE, 0) != 0:
-                raise OSError(ctypes.get_errno(), "mprotect failed")
-        self.ptr = base + PAGE + (body - max(nbytes, t.element_size()) if align == "end" else 0)
-        view = (ctypes.c_char * max(nbytes, t.element_size())).from_address(self.ptr)
-        self.tensor = torch.frombuffer(view, dtype=t.dtype)
-        self.tensor = self.tensor[: t.numel()].view(t.shape)
-        self.tensor.copy_(t)
-
-    def free(self) -> None:
-        self.tensor = None
-        _libc.munmap(self.base, self.size)
-
-
-# --- running launches -----------------------------------------------------------------------------------------
-
-
-class LaunchFailed(AssertionError):
-    pass
+    return build_libraries("wkv6", source_for, compile_command, build_dir, dtypes)
 
 
 class Emulator:
@@ -189,21 +94,22 @@ class Emulator:
         args = (ctypes.c_void_p * 8)(*pointers)
         count_ptr = ctypes.cast(counts.ptr, ctypes.POINTER(ctypes.c_int)) if counts else None
         y_elems = counts.tensor.numel() if counts else 0
-        pid = os.fork()
-        if pid == 0:  # the child: launch, report through the exit status, never return into pytest
-            code = 3
-            try:
-                faulthandler.disable()  # a crash is the parent's to report, without the child's stack dump
-                code = lib.wkv6_emul_launch(launch.split, begin, end, args, launch.seq_len, launch.heads, y_elems,
-                                            count_ptr) & 0xFF  # fmt: skip
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        if os.WIFSIGNALED(status):
-            sig = signal.Signals(os.WTERMSIG(status)).name
-            raise LaunchFailed(f"the emulated kernel died of {sig} (SIGSEGV: an access outside the buffers)")
-        if os.WEXITSTATUS(status) != 0:
-            raise LaunchFailed(f"the emulated launch failed with status {os.WEXITSTATUS(status)}")
+        launch_in_child(
+            lambda: lib.wkv6_emul_launch(
+                launch.split, begin, end, args, launch.seq_len, launch.heads, y_elems, count_ptr
+            )
+        )
 
 
-__all__ = ["THREADS", "Emulator", "Guarded", "LaunchFailed", "build", "compile_command", "gxx", "source_for"]
+__all__ = [
+    "CXXFLAGS",
+    "SHIM_DIR",
+    "THREADS",
+    "Emulator",
+    "Guarded",
+    "LaunchFailed",
+    "build",
+    "compile_command",
+    "gxx",
+    "source_for",
+]
