@@ -9,7 +9,6 @@ where no g++ >= 11 is installed. tests/test_wkv_thread_sanitizer.py repeats a la
 from __future__ import annotations
 
 import itertools
-import subprocess
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from visualrwkv_eval.kernels.wkv7 import wkv7_decode_torch, wkv7_prefill_torch
 
 pytest.importorskip("cupy", reason=CUPY_MISSING)  # the launcher plans every emulated launch
 import wkv7_emulator as emul
+from wkv_emulator import build_edited
 
 from visualrwkv_eval.kernels.wkv7 import cupy as launcher
 
@@ -144,11 +144,7 @@ def test_reads_before_the_buffers_are_caught_too(emulator):
 
 def test_a_kernel_that_reads_out_of_bounds_crashes_the_test(emulator, tmp_path):
     """The guard pages work: a kernel reading one step too far dies of SIGSEGV, reported as a failure."""
-    source = emul.source_for(torch.float32, tmp_path, {"if (tc + c < t1) {": "if (tc + c <= t1) {"})
-    out = tmp_path / "broken.so"
-    cmd = emul.compile_command(torch.float32, source, out, ("-O1", "-fPIC", "-shared"))
-    subprocess.run(cmd, check=True, capture_output=True)
-    broken = emul.Emulator({torch.float32: out})
+    broken = build_edited(emul, tmp_path, {"if (tc + c < t1) {": "if (tc + c <= t1) {"})
     tensors, state, _ = inputs([13], seed=5)  # the second staging chunk reads row 13, past the end
     _, launch = launcher.plan(*tensors, state, None, decode=False)
     with pytest.raises(emul.LaunchFailed, match="SIGSEGV"):

@@ -98,6 +98,17 @@ def build_libraries(
         return dict(zip(dtypes, pool.map(one, dtypes)))
 
 
+def build_edited(emul, build_dir: Path, edit: dict[str, str], dtype: torch.dtype = torch.float32):
+    """An `emul.Emulator` (emul: tests/wkv6_emulator.py or tests/wkv7_emulator.py) of the op's kernel with `edit`
+    applied to its source, built for `dtype` only: a deliberately broken kernel for the tests of the guards."""
+    source = emul.source_for(dtype, build_dir, edit)
+    out = build_dir / "broken.so"
+    subprocess.run(
+        emul.compile_command(dtype, source, out, ("-O1", "-fPIC", "-shared")), check=True, capture_output=True
+    )
+    return emul.Emulator({dtype: out})
+
+
 # --- guarded buffers ------------------------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
