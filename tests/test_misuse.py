@@ -50,6 +50,8 @@ MODEL_ARGS = [
     (dict(image_position="top"), r"image_position='top': expected one of middle"),
     (dict(kernel="fast"), r"kernel='fast': expected one of auto"),
     (dict(temprature=0), r"unknown model_args \['temprature'\]"),
+    (dict(image_workers=-1), r"image_workers=-1: expected a whole number >= 0 \(0: prepare inline\)"),
+    (dict(image_workers="two"), r"image_workers='two': expected a whole number >= 0"),
 ]
 
 
@@ -73,6 +75,7 @@ def test_valid_batch_settings(demo_dir):
     args = dict(pretrained=str(tiny / "model.pth"), vision_tower=str(tiny / "vision_tower"))
     assert adapter.VisualRWKVLmms(**args, batch_size="3").batch_size == 3
     assert adapter.VisualRWKVLmms(**args, batch_size="auto:2", max_batch_size=5).batch_size <= 5
+    adapter.VisualRWKVLmms(**args, image_workers="0")  # 0: images prepared inline, a valid setting
 
 
 # ---- 2. gen_kwargs: refused when the requests arrive, before any answer -----------------------------------

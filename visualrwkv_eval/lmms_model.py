@@ -85,7 +85,9 @@ class VisualRWKVLmms(lmms):
         fixed_batch, batch_cap = parse_batch_size(batch_size, max_batch_size)
         max_new_tokens = whole_number("max_new_tokens", max_new_tokens)
         if image_workers is not None:  # before the (long) model load
-            image_workers = whole_number("image_workers", image_workers, "a whole number >= 0 (0: prepare inline)", 0)
+            image_workers = whole_number(
+                "image_workers", image_workers, "a whole number >= 0 (0: prepare inline)", minimum=0
+            )
         self.accelerator = Accelerator()
         self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         if (device is None or device == "cuda") and torch.cuda.is_available():
