@@ -239,27 +239,35 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
         )
 
 
+def check_language_model(
+    path: Path, config, rwkv: dict[str, torch.Tensor], family: str, prefix: str = "", ignored: set[str] = frozenset()
+) -> None:
+    """The World vocabulary, then every key and shape of `config.expected_shapes()` (keys in `ignored` may be
+    there too); errors name keys with `prefix` (the file's own names)."""
+    if config.vocab_size != WORLD_VOCAB_SIZE:
+        raise CheckpointError(
+            f"{path}: emb.weight has a vocabulary of {config.vocab_size} tokens; {family} reads and writes text "
+            f"with the RWKV World tokenizer, which needs exactly {WORLD_VOCAB_SIZE} (a model trained with another "
+            "tokenizer cannot be evaluated here)"
+        )
+    expected = config.expected_shapes()
+    missing, unexpected = expected.keys() - rwkv.keys(), rwkv.keys() - expected.keys() - ignored
+    if missing:
+        raise CheckpointError(f"{path}: missing keys: {_few(prefix + k for k in missing)}")
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected keys: {_few(prefix + k for k in unexpected)}")
+    wrong = [f"{prefix}{k} {tuple(rwkv[k].shape)} != {s}" for k, s in expected.items() if rwkv[k].shape != s]
+    if wrong:
+        raise CheckpointError(f"{path}: shape mismatch for {config}: {_few(wrong, 3)}")
+
+
 def rwkv6_config(path: Path, rwkv: dict[str, torch.Tensor], proj: dict[str, torch.Tensor]) -> RWKV6Config:
     """The RWKV-6 config of an x060 language model, every key and shape checked (and VisualRWKV-6's projector)."""
     try:
         config = RWKV6Config.from_state_dict(rwkv)
     except KeyError as e:
         raise CheckpointError(f"{path}: missing key {e} needed to infer the model shape") from e
-    if config.vocab_size != WORLD_VOCAB_SIZE:
-        raise CheckpointError(
-            f"{path}: emb.weight has a vocabulary of {config.vocab_size} tokens; VisualRWKV-6 reads and writes text "
-            f"with the RWKV World tokenizer, which needs exactly {WORLD_VOCAB_SIZE} (a model trained with another "
-            "tokenizer cannot be evaluated here)"
-        )
-    expected = config.expected_shapes()
-    missing, unexpected = expected.keys() - rwkv.keys(), rwkv.keys() - expected.keys()
-    if missing:
-        raise CheckpointError(f"{path}: missing keys: {_few(missing)}")
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected keys: {_few(unexpected)}")
-    wrong = [f"{k} {tuple(rwkv[k].shape)} != {shape}" for k, shape in expected.items() if rwkv[k].shape != shape]
-    if wrong:
-        raise CheckpointError(f"{path}: shape mismatch for {config}: {_few(wrong, 3)}")
+    check_language_model(path, config, rwkv, "VisualRWKV-6")
     if proj:
         weight, other = proj.get("weight"), sorted(proj.keys() - {"weight"})
         if other:
@@ -279,23 +287,8 @@ def rwkv7_config(path: Path, rwkv: dict[str, torch.Tensor], proj: dict[str, torc
         config = RWKV7Config.from_weights(rwkv)
     except (KeyError, ValueError, IndexError) as e:
         raise CheckpointError(f"{path}: missing key {e} needed to infer the RWKV-7 model shape") from e
-    if config.vocab_size != WORLD_VOCAB_SIZE:
-        raise CheckpointError(
-            f"{path}: emb.weight has a vocabulary of {config.vocab_size} tokens; VisualRWKV reads and writes text "
-            f"with the RWKV World tokenizer, which needs exactly {WORLD_VOCAB_SIZE} (a model trained with another "
-            "tokenizer cannot be evaluated here)"
-        )
-    expected = config.expected_shapes()
     # newer RWKV-LM files carry an unused layer-0 value-residual LoRA: RWKV7 drops it when loading
-    missing, unexpected = expected.keys() - rwkv.keys(), rwkv.keys() - expected.keys() - set(X070_UNUSED_KEYS)
-    prefix = "rwkv." if proj else ""
-    if missing:
-        raise CheckpointError(f"{path}: missing keys: {_few(prefix + k for k in missing)}")
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected keys: {_few(prefix + k for k in unexpected)}")
-    wrong = [f"{prefix}{k} {tuple(rwkv[k].shape)} != {s}" for k, s in expected.items() if rwkv[k].shape != s]
-    if wrong:
-        raise CheckpointError(f"{path}: shape mismatch for {config}: {_few(wrong, 3)}")
+    check_language_model(path, config, rwkv, "VisualRWKV", "rwkv." if proj else "", set(X070_UNUSED_KEYS))
     if proj:
         try:
             projector = build_projector({k: v.to("meta") for k, v in proj.items()})
