@@ -1,11 +1,14 @@
 """WKV kernels by operation, behind one registry: `get(op, backend)` returns the (prefill, decode) pair of an
 operation ("wkv6"; a new one adds its row to OPS and PROBES) for a backend: "torch" (the PyTorch reference, any
-device) or "cupy" (a CUDA kernel compiled at run time by NVRTC and launched through CuPy). Every implementation of an
-operation takes the same arguments and returns the same results as its reference.
+device), "cupy" (a CUDA kernel compiled at run time by NVRTC and launched through CuPy) or "c" (a CPU kernel built
+at run time by the C compiler, kernels/cpu_common.py). Every implementation of an operation takes the same
+arguments and returns the same results as its reference.
 
 `resolve_backend` decides once per (kernel, device, dtype, op): before CuPy is trusted on a device, the operation's
 probe compiles its kernel and compares one small launch with the reference, so that a broken NVRTC, driver or GPU
-shows at load time, not mid-evaluation."""
+shows at load time, not mid-evaluation. On CPU, 'auto' takes the C kernel where the op has one and it builds and
+passes its probe (float32 only), else the reference.
+(The row products of CPU decoding are another kind of kernel, with their own choice: kernels/rowmm.)"""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ OPS: dict[str, dict[str, tuple[str, str, str]]] = {
     "wkv6": {
         "torch": ("wkv6.reference", "wkv6_prefill_torch", "wkv6_decode_torch"),
         "cupy": ("wkv6.cupy", "wkv6_prefill_cupy", "wkv6_decode_cupy"),
+        "c": ("wkv6.cpu", "wkv6_prefill_c", "wkv6_decode_c"),
     },
     "wkv7": {
         "torch": ("wkv7.reference", "wkv7_prefill_torch", "wkv7_decode_torch"),
@@ -34,7 +38,7 @@ OPS: dict[str, dict[str, tuple[str, str, str]]] = {
 PROBES: dict[str, str] = {"wkv6": "wkv6.cupy", "wkv7": "wkv7.cupy"}
 
 KERNELS = ("auto", "cupy", "torch")
-BACKENDS = ("cupy", "torch")
+BACKENDS = ("cupy", "c", "torch")
 CUPY_INSTALL = "pip install 'visualrwkv-eval[cuda12]' or 'visualrwkv-eval[cuda13]' (your CUDA major version)"
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ def _resolve(kernel: str, device: torch.device, dtype: torch.dtype | None, op: s
     if device.type != "cuda":
         if kernel == "cupy":
             raise ValueError(f"kernel='cupy' needs a CUDA device, got {device}; use kernel='torch' or 'auto'")
-        return "torch"
+        return _resolve_cpu(dtype, op)
     import_error = cupy_import_error()
     if kernel == "cupy" and import_error is not None:
         raise ValueError(f"kernel='cupy' needs CuPy, which does not import ({import_error}): {CUPY_INSTALL}")
@@ -88,8 +92,24 @@ def _resolve(kernel: str, device: torch.device, dtype: torch.dtype | None, op: s
     return "torch"
 
 
+def _resolve_cpu(dtype: torch.dtype | None, op: str) -> str:
+    """'auto' on a CPU: the op's C kernel where it has one that serves `dtype`, else the reference."""
+    if "c" not in OPS[op] or dtype is None:
+        return "torch"
+    reason = importlib.import_module(f"{__name__}.{OPS[op]['c'][0]}").probe(dtype)
+    if reason is not None:
+        if dtype == torch.float32:  # other dtypes have no C kernel by design
+            warnings.warn(f"kernel='auto': the C {op} kernel is unusable on this CPU ({reason}); using the PyTorch "
+                          "reference (slower)", RuntimeWarning, stacklevel=4)  # fmt: skip
+        log.info("WKV backend: torch on cpu (%s, %s): %s", dtype, op, reason)
+        return "torch"
+    log.info("WKV backend: c on cpu (%s, %s)", dtype, op)
+    return "c"
+
+
 def resolve_backend(kernel: str, device: torch.device | str, dtype: torch.dtype | None = None, op: str = "wkv6") -> str:
-    """'torch' or 'cupy' for a `kernel` model_arg on a device: 'auto' takes CuPy where it works.
+    """'torch', 'cupy' or 'c' for a `kernel` model_arg on a device: 'auto' takes CuPy where it works on a GPU, the
+    op's C kernel on a CPU.
 
     With a dtype, CuPy is probed first (`probe_cupy`): 'auto' warns and falls back to torch with the reason,
     'cupy' raises it. Without one, only the import is checked. Decided once per (kernel, device, dtype, op); the

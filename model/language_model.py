@@ -67,8 +67,8 @@ class LanguageModel(Protocol):
         The first layer gets an empty carry; a layer may return a longer one (RWKV-7: (v_first,))."""
         ...
 
-    def logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
-        """Rows [n, C] -> logits [n, vocab]; `decode`: rows of a decode step."""
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Rows [n, C] -> logits [n, vocab], each row's independent of the others."""
         ...
 
 
@@ -90,7 +90,7 @@ class RWKVLanguageModel(nn.Module):
         self.use_backend("torch")
 
     def use_backend(self, backend: str) -> None:
-        """Run the WKV recurrence on `backend` ("torch" | "cupy", as kernels.resolve_backend decides);
+        """Run the WKV recurrence on `backend` ("torch" | "cupy" | "c", as kernels.resolve_backend decides);
         `backend` is the one last picked (VisualRWKV re-binds when it differs)."""
         self.backend, self.wkv_kernel = backend, kernels.get(self.wkv_op, backend)
 
@@ -117,10 +117,10 @@ class RWKVLanguageModel(nn.Module):
             x, carry = self.block(i, x, state, pack, carry)
         return x
 
-    def logits(self, hidden: torch.Tensor, decode: bool = False) -> torch.Tensor:
-        """Logits of rows of `hidden`; `decode`: rows of a decode step (1-row products, as in its layers)."""
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of rows of `hidden` (rows of different sequences: the row kernel on CPU, model/rowwise.py)."""
         self.cpu_layout_()
-        return linear(self.ln_out(hidden), self.head.weight, decode)
+        return linear(self.ln_out(hidden), self.head.weight, rows=True)
 
     def cpu_layout_(self) -> None:
         """On CPU, every matrix in the layout whose products are row-invariant and fast (rowwise.py); once,

@@ -18,6 +18,7 @@ class Packing:
     cu_seqlens: torch.Tensor | None  # [B + 1] int64 offsets (CPU); None for a decode step
     firsts: torch.Tensor | None  # [B] first row of each sequence (model device)
     lasts: torch.Tensor | None  # [B] last row of each sequence (model device)
+    lengths: list[int] | None = None  # [B] rows of each sequence; None for a decode step
 
     @property
     def decode(self) -> bool:
@@ -29,7 +30,7 @@ class Packing:
         if not lengths or min(lengths) < 1:
             raise ValueError(f"every packed sequence needs at least one row, got lengths {lengths}")
         cu = torch.tensor([0, *lengths]).cumsum(0)
-        return Packing(cu, cu[:-1].to(device), (cu[1:] - 1).to(device))
+        return Packing(cu, cu[:-1].to(device), (cu[1:] - 1).to(device), list(lengths))
 
     @staticmethod
     def for_decode() -> Packing:

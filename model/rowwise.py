@@ -25,15 +25,23 @@ computed in calls of other row counts and at other positions):
 - Speed (2 pinned cores of an idle Xeon, one pass over the 0.57 GB `small` weights): a 1-row GEMV 26 ms, a
   2-row GEMM 44 ms (MKL packs the weight for a GEMM); 8 rows 52 ms in one GEMM, 141 ms one row at a time.
 
-Design: on CPU the weights are kept in the NN layout (each [N, K] parameter stored as the transpose of a
-row-major [K, N] matrix, as the official `rwkv` package converts them; `column_major_`). Prefill products run
-in calls of 2 to TILE rows (a prompt of 640 rows is 5 calls, reading each weight 5 times instead of 40 with
-16-row tiles; a lone row is padded to 2). Decode products (`alone=True`) run each row in a 1-row call: the
-fast GEMV at batch 1, and the same kernel for every row at any batch size, at the price of reading the
-weights once per row when batched (decode is a few tokens per answer in evaluation; prefill dominates).
-Weights in another layout (the image projector) keep fixed zero-padded tiles of PAD_TILE rows, exact for any
-BLAS that is deterministic for a fixed shape. `invariance_check` re-runs the row-count measurement on the
-machine at hand; the tests run it for the model's shapes.
+Design (measured with `bench peer`, `bench batching` and the microbenchmarks in kernels/rowmm/): on CPU the
+weights are kept in the NN layout (each [N, K] parameter stored as the transpose of a row-major [K, N] matrix, as
+the official `rwkv` package converts them; `column_major_`). How a product groups its rows depends on what the
+rows are (`rows`):
+- a prefill over packed sequences (a `Packing`): a sequence longer than TILE rows is a call of its own, whose
+  shape depends on that sequence alone, so MKL runs one full-size GEMM (640 rows at 313 GFLOP/s on 2 cores,
+  where calls of 128 rows lost 14-19%); runs of shorter sequences share calls of 2 to TILE rows (a lone row
+  padded to 2), the row counts that give every row the same bits.
+- rows of different sequences (a decode step, the rows whose logits are read: `rows=True` or a decode
+  `Packing`): the row kernel (kernels/rowmm), whose per-row sum order is fixed by construction, so it needs
+  no measured class. Its C build reads the weights once per call for any row count. With the weights streamed
+  from memory, as in decoding (2 cores, 2048 x 7168): 1 row 1.87 ms against MKL's GEMV 1.94 ms; 8 rows 3.1 ms
+  against 10.6 ms for eight 1-row GEMVs (the fallback, kernels/rowmm/reference.py) and 3.8 ms for one GEMM.
+- anything else (`rows=False`, e.g. the image projector): calls of 2 to TILE rows. Weights in another layout keep
+  fixed zero-padded tiles of PAD_TILE rows, exact for any BLAS that is deterministic for a fixed shape.
+`invariance_check` re-runs the row-count measurement on the machine at hand; the tests run it for the model's
+shapes.
 """
 
 from __future__ import annotations
@@ -42,6 +50,11 @@ from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+
+from visualrwkv_eval.kernels.rowmm import cpu as rowmm_cpu
+from visualrwkv_eval.kernels.rowmm import row_kernel, rowmm_torch
+
+from .packing import Packing
 
 TILE = 128  # most rows per BLAS call: every count in 2..TILE gives the same bits (see above)
 MIN_ROWS = 2  # a 1-row call takes the GEMV kernel, whose bits differ: pad to 2
@@ -80,43 +93,64 @@ def _tiles(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor
     return out
 
 
-def _one_by_one(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """fn row by row, each a 1-row call (the GEMV kernel)."""
-    if x.shape[-2] == 1:
-        return fn(x, other)
-    if x.dim() > 2:
-        return torch.cat([fn(row, other) for row in x.split(1, dim=-2)], dim=-2)
-    out = x.new_empty(x.shape[0], other.shape[-1])
-    for i in range(x.shape[0]):
-        fn(x[i : i + 1], other, out=out[i : i + 1])
+def _alone(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Every row through the process's row kernel (kernels/rowmm): x [n, K] @ other [K, N], or a batch of products
+    [G, n, K] @ [G, K, N]. Tensors the C kernel does not take (not fp32) go to the reference, so a given weight
+    always gets the same kernel and a row's bits never depend on the batch."""
+    kernel = row_kernel()
+    if kernel is not rowmm_torch and not rowmm_cpu.supports(x, other):
+        kernel = rowmm_torch
+    return kernel(x, other)
+
+
+def _by_sequence(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor, lengths: list[int]):
+    """Each sequence longer than TILE rows in a call of its own, runs of shorter ones in shared tiles."""
+    out = x.new_empty(*x.shape[:-1], other.shape[-1])
+    start = run = 0  # run: first row of the current run of short sequences
+    for n in [*lengths, None]:
+        if n is not None and n <= TILE:
+            start += n
+            continue
+        if start > run:
+            out[..., run:start, :] = _tiles(fn, x[..., run:start, :], other)
+        if n is not None:
+            fn(x[..., start : start + n, :], other, out=out[..., start : start + n, :])
+            start += n
+        run = start
     return out
 
 
-def _rowwise(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor, alone: bool) -> torch.Tensor:
+def _rowwise(fn: Callable[..., torch.Tensor], x: torch.Tensor, other: torch.Tensor, rows: Packing | bool):
     if x.device.type != "cpu":
         return fn(x, other)
+    alone = rows is True or (isinstance(rows, Packing) and rows.decode)
+    if alone:
+        return _alone(x, other)
     if not _row_major(other):
         return _padded_tiles(fn, x, other)
-    return _one_by_one(fn, x, other) if alone else _tiles(fn, x, other)
+    if isinstance(rows, Packing):
+        return _by_sequence(fn, x, other, rows.lengths)
+    return _tiles(fn, x, other)
 
 
-def matmul(x: torch.Tensor, weight_t: torch.Tensor, alone: bool = False) -> torch.Tensor:
-    """x [..., K] @ weight_t [K, N] -> [..., N]; every leading index is a row. `alone`: each row in a call
-    of its own (decode steps: the fast 1-row kernel at batch 1, the same kernel for every row at any batch)."""
+def matmul(x: torch.Tensor, weight_t: torch.Tensor, rows: Packing | bool = False) -> torch.Tensor:
+    """x [..., K] @ weight_t [K, N] -> [..., N]; every leading index is a row. `rows` says what the rows are
+    (see the module docstring): a Packing (its sequences), True (rows of different sequences, each alone) or
+    False (rows that may share calls)."""
     if x.dim() == 2:
-        return _rowwise(torch.mm, x, weight_t, alone)
-    rows = x.reshape(-1, x.shape[-1])
-    return _rowwise(torch.mm, rows, weight_t, alone).view(*x.shape[:-1], weight_t.shape[-1])
+        return _rowwise(torch.mm, x, weight_t, rows)
+    flat = x.reshape(-1, x.shape[-1])
+    return _rowwise(torch.mm, flat, weight_t, rows).view(*x.shape[:-1], weight_t.shape[-1])
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, alone: bool = False) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, rows: Packing | bool = False) -> torch.Tensor:
     """x [..., K] @ weight[N, K].T -> [..., N]; fast on CPU when `weight` is column-major (`column_major_`)."""
-    return matmul(x, weight.t(), alone)
+    return matmul(x, weight.t(), rows)
 
 
-def bmm(x: torch.Tensor, other: torch.Tensor, alone: bool = False) -> torch.Tensor:
-    """x [G, n, K] @ other [G, K, N] -> [G, n, N]."""
-    return _rowwise(torch.bmm, x, other, alone)
+def bmm(x: torch.Tensor, other: torch.Tensor, rows: Packing | bool = False) -> torch.Tensor:
+    """x [G, n, K] @ other [G, K, N] -> [G, n, N]; `rows` as in `matmul`, for the n rows."""
+    return _rowwise(torch.bmm, x, other, rows)
 
 
 @torch.no_grad()

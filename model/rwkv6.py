@@ -86,30 +86,32 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(A, C, bias=False)
         self.ln_x = nn.GroupNorm(H, A, eps=1e-5 * HEAD_SIZE_DIVISOR**2)
 
-    def ddlerp(self, x: torch.Tensor, xx: torch.Tensor, alone: bool) -> tuple[torch.Tensor, ...]:
+    def ddlerp(self, x: torch.Tensor, xx: torch.Tensor, rows: Packing) -> tuple[torch.Tensor, ...]:
         """Data-dependent lerp between each row and its predecessor: inputs for w, k, v, r, g."""
         T = x.shape[0]
         xxx = x + xx * self.time_maa_x.view(-1)
-        m = torch.tanh(matmul(xxx, self.time_maa_w1, alone)).view(T, 5, -1).transpose(0, 1)  # [5, T, D_mix]
-        m = bmm(m, self.time_maa_w2, alone)  # [5, T, C], in the order w, k, v, r, g
+        m = torch.tanh(matmul(xxx, self.time_maa_w1, rows)).view(T, 5, -1).transpose(0, 1)  # [5, T, D_mix]
+        m = bmm(m, self.time_maa_w2, rows)  # [5, T, C], in the order w, k, v, r, g
         maa = torch.cat((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
-        return (x + xx * (maa + m)).unbind(0)  # the five lerps as three ops (fewer calls per decode step)
+        # x + xx * (maa + m), the five lerps as three ops, in place in m: no [5, T, C] temporaries (each a fresh
+        # mmap and its page faults on CPU); the operands commute exactly, so the bits are the same
+        return m.add_(maa).mul_(xx).add_(x).unbind(0)
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor, pack: Packing, kernel: WKV):
         """x [T, C] (ln1 output) -> [T, C]; updates `shift` [B, C] and `wkv` [B, H, N, N] in place. `kernel`:
         the (prefill, decode) WKV6 implementations (kernels.get)."""
-        T, H, N, one = x.shape[0], self.n_head, self.head_size, pack.decode  # decode: 1-row products
-        xw, xk, xv, xr, xg = self.ddlerp(x, token_shift(x, shift, pack) - x, one)
+        T, H, N = x.shape[0], self.n_head, self.head_size
+        xw, xk, xv, xr, xg = self.ddlerp(x, token_shift(x, shift, pack) - x, pack)
         shift.copy_(pack.last_rows(x))
-        r, k = linear(xr, self.receptance.weight, one), linear(xk, self.key.weight, one)
-        v, g = linear(xv, self.value.weight, one), F.silu(linear(xg, self.gate.weight, one))
+        r, k = linear(xr, self.receptance.weight, pack), linear(xk, self.key.weight, pack)
+        v, g = linear(xv, self.value.weight, pack), F.silu(linear(xg, self.gate.weight, pack))
         # log-log decay, formed in the model dtype as the reference does; the kernel takes exp(-exp(w))
-        lora = matmul(torch.tanh(matmul(xw, self.time_decay_w1, one)), self.time_decay_w2, one)
+        lora = matmul(torch.tanh(matmul(xw, self.time_decay_w1, pack)), self.time_decay_w2, pack)
         w = self.time_decay.view(-1) + lora
         heads = (T, H, N)
         args = (r.view(heads), k.view(heads), v.view(heads), w.view(heads), self.time_faaaa, wkv)
         y = kernel[1](*args) if pack.decode else kernel[0](*args, pack.cu_seqlens)
-        return linear(self.ln_x(y.view(T, H * N)) * g, self.output.weight, one)
+        return linear(self.ln_x(y.view(T, H * N)) * g, self.output.weight, pack)
 
 
 class ChannelMix(nn.Module):
@@ -124,11 +126,11 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, pack: Packing) -> torch.Tensor:
         """x [T, C] (ln2 output) -> [T, C]; updates `shift` [B, C] in place."""
-        xx, one = token_shift(x, shift, pack) - x, pack.decode
+        xx = token_shift(x, shift, pack) - x
         shift.copy_(pack.last_rows(x))
-        k = torch.relu(linear(x + xx * self.time_maa_k.view(-1), self.key.weight, one)) ** 2
-        r = torch.sigmoid(linear(x + xx * self.time_maa_r.view(-1), self.receptance.weight, one))
-        return r * linear(k, self.value.weight, one)
+        k = torch.relu(linear(x + xx * self.time_maa_k.view(-1), self.key.weight, pack)) ** 2
+        r = torch.sigmoid(linear(x + xx * self.time_maa_r.view(-1), self.receptance.weight, pack))
+        return r * linear(k, self.value.weight, pack)
 
 
 class Block(nn.Module):

@@ -54,10 +54,10 @@ class TimeMix7(nn.Module):
         mix = torch.cat([getattr(self, f"x_{name}") for name in LERPS])  # [6, 1, C]
         return (x + xx * mix).unbind(0)
 
-    def lora(self, x: torch.Tensor, name: str, one: bool, inner: Callable | None = None) -> torch.Tensor:
+    def lora(self, x: torch.Tensor, name: str, rows: Packing, inner: Callable | None = None) -> torch.Tensor:
         """(x @ ?1) @ ?2, with `inner` applied between the two factors."""
-        h = matmul(x, getattr(self, f"{name}1"), one)
-        return matmul(h if inner is None else inner(h), getattr(self, f"{name}2"), one)
+        h = matmul(x, getattr(self, f"{name}1"), rows)
+        return matmul(h if inner is None else inner(h), getattr(self, f"{name}2"), rows)
 
     def forward(
         self,
@@ -71,18 +71,18 @@ class TimeMix7(nn.Module):
         """x [T, C] (ln1 output), v_first [T, A] (None in layer 0) -> (out [T, C], v_first [T, A]); updates
         `shift` [B, C] and `wkv` [B, H, N, N] in place. `kernel`: the (prefill, decode) WKV7 pair (kernels.get),
         which takes r, w, k, v, a, b [T, H, N] and does S <- S diag(exp(-exp(w))) + (S a) b^T + v k^T, y = S r."""
-        T, H, N, one = x.shape[0], self.n_head, self.head_size, pack.decode  # decode: 1-row products
+        T, H, N = x.shape[0], self.n_head, self.head_size
         xr, xw, xk, xv, xa, xg = self.lerps(x, token_shift(x, shift, pack) - x)
         shift.copy_(pack.last_rows(x))
-        r, k, v = (linear(t, m.weight, one) for t, m in ((xr, self.receptance), (xk, self.key), (xv, self.value)))
+        r, k, v = (linear(t, m.weight, pack) for t, m in ((xr, self.receptance), (xk, self.key), (xv, self.value)))
         # raw decay, bounded above by -0.5: the kernel takes d = exp(-exp(w))
-        w = -F.softplus(-(self.w0.view(-1) + self.lora(xw, "w", one, torch.tanh))) - DECAY_OFFSET
+        w = -F.softplus(-(self.w0.view(-1) + self.lora(xw, "w", pack, torch.tanh))) - DECAY_OFFSET
         if v_first is None:
             v_first = v
         else:  # value residual: mix in layer 0's value of the same row
-            v = v + (v_first - v) * torch.sigmoid(self.v0.view(-1) + self.lora(xv, "v", one))
-        a = torch.sigmoid(self.a0.view(-1) + self.lora(xa, "a", one))  # in-context learning rate
-        g = self.lora(xg, "g", one, torch.sigmoid)
+            v = v + (v_first - v) * torch.sigmoid(self.v0.view(-1) + self.lora(xv, "v", pack))
+        a = torch.sigmoid(self.a0.view(-1) + self.lora(xa, "a", pack))  # in-context learning rate
+        g = self.lora(xg, "g", pack, torch.sigmoid)
         kappa = F.normalize((k * self.k_k.view(-1)).view(T, H, N), dim=-1, p=2.0)  # removal key, unit per head
         k = k * (1 + (a - 1) * self.k_a.view(-1))  # the key actually written (kappa is from k before this)
         heads = (T, H, N)
@@ -90,7 +90,7 @@ class TimeMix7(nn.Module):
         y = kernel[1](*args) if pack.decode else kernel[0](*args, pack.cu_seqlens)
         y = self.ln_x(y.reshape(T, H * N))
         bonus = (r * k * self.r_k.view(-1)).view(heads).sum(-1, keepdim=True) * v.view(heads)
-        return linear((y + bonus.view(T, H * N)) * g, self.output.weight, one), v_first
+        return linear((y + bonus.view(T, H * N)) * g, self.output.weight, pack), v_first
 
 
 class ChannelMix7(nn.Module):
@@ -103,10 +103,10 @@ class ChannelMix7(nn.Module):
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, pack: Packing) -> torch.Tensor:
         """x [T, C] (ln2 output) -> [T, C]: W_v relu(W_k x_k)^2, no receptance gate; updates `shift` in place."""
-        xx, one = token_shift(x, shift, pack) - x, pack.decode
+        xx = token_shift(x, shift, pack) - x
         shift.copy_(pack.last_rows(x))
-        k = torch.relu(linear(x + xx * self.x_k.view(-1), self.key.weight, one)) ** 2
-        return linear(k, self.value.weight, one)
+        k = torch.relu(linear(x + xx * self.x_k.view(-1), self.key.weight, pack)) ** 2
+        return linear(k, self.value.weight, pack)
 
 
 class Block7(nn.Module):

@@ -248,7 +248,7 @@ class VisualRWKV(nn.Module):
         """One recurrent step without left padding: tokens [B] -> logits [B, vocab]; `state` is updated."""
         self._bind_kernels()
         hidden = run_layers(self.rwkv, self.embed_tokens(tokens), state, Packing.for_decode(), None)
-        return self.rwkv.logits(hidden, decode=True)
+        return self.rwkv.logits(hidden)
 
     @torch.inference_mode()
     def text_logits(self, ids: list[int]) -> torch.Tensor:

@@ -377,7 +377,7 @@ def rwkv7_model() -> dict:
             logits = [lm.logits(pack.last_rows(hidden))]
             for token in forced:  # the same tokens for both backends: a flipped near-tie must not fork the paths
                 hidden = lm(lm.embed_tokens(token), state, Packing.for_decode())
-                logits.append(lm.logits(hidden, decode=True))
+                logits.append(lm.logits(hidden))
             torch.cuda.synchronize()
             res[backend] = torch.stack(logits).float()
             one = lm.new_state(1)

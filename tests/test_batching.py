@@ -6,7 +6,10 @@ import torch
 from helpers import NEWLINE
 from PIL import Image
 
+from visualrwkv_eval.kernels.rowmm import cpu as rowmm_cpu
+from visualrwkv_eval.kernels.rowmm import row_kernel, rowmm_torch
 from visualrwkv_eval.model import GenerationRequest, generate_batch, rowwise
+from visualrwkv_eval.model.packing import Packing
 from visualrwkv_eval.model.tokenizer import STOP_TOKEN
 
 QUESTIONS = [
@@ -93,8 +96,9 @@ def test_every_row_count_gives_a_row_the_same_bits_at_real_shapes(k, n):
 
 
 def test_row_counts_of_the_blas_calls():
-    """Prefill rows go in calls of 2..TILE rows (a lone row padded to 2: the 1-row GEMV kernel gives other
-    bits), decode rows each in a 1-row call: at batch 1 that is the fast GEMV, at any batch the same kernel."""
+    """Rows that may share calls go in calls of 2..TILE rows (a lone row padded to 2: the 1-row GEMV kernel gives
+    other bits); over packed sequences, one longer than TILE is a call of its own and runs of shorter ones share
+    tiles; rows of different sequences (decode) go through the row kernel, not torch.mm."""
     calls = []
     w = torch.randn(64, 96)
     real_mm = torch.mm
@@ -104,22 +108,53 @@ def test_row_counts_of_the_blas_calls():
             rowwise.matmul(torch.randn(rows, 64), w)
         assert calls == [2, 3, 8, 32, 65, 64]
         calls.clear()
-        for rows in (1, 3):
-            rowwise.matmul(torch.randn(rows, 64), w, alone=True)
-        assert calls == [1, 1, 1, 1]
+        lengths = [3, 200, 1, 2, 129, 60, 70]
+        rowwise.matmul(torch.randn(sum(lengths), 64), w, Packing.from_lengths(lengths, torch.device("cpu")))
+        assert calls == [3, 200, 3, 129, 65, 65]
+        calls.clear()
+        rowwise.matmul(torch.randn(3, 64), w, Packing.for_decode())
+        assert calls == ([1, 1, 1] if row_kernel() is rowmm_torch else [])
     finally:
         torch.mm = real_mm
 
 
-def test_decode_rows_alone_equal_the_batch_1_step():
+@pytest.mark.parametrize("kernel", ["c", "torch"])
+def test_decode_rows_alone_equal_the_batch_1_step(kernel, monkeypatch):
+    if kernel == "c" and rowmm_cpu.build_error() is not None:
+        pytest.skip(f"the C row kernel is unusable here: {rowmm_cpu.build_error()}")
+    monkeypatch.setattr(rowwise, "row_kernel", lambda: rowmm_cpu.rowmm_c if kernel == "c" else rowmm_torch)
     g = torch.Generator().manual_seed(2)
     x, w = torch.randn(33, 128, generator=g), torch.randn(128, 448, generator=g)
-    alone = torch.cat([rowwise.matmul(x[i : i + 1], w, alone=True) for i in range(33)])
+    alone = torch.cat([rowwise.matmul(x[i : i + 1], w, rows=True) for i in range(33)])
     for rows in (2, 3, 8, 32, 33):
-        assert torch.equal(rowwise.matmul(x[:rows], w, alone=True), alone[:rows])
+        assert torch.equal(rowwise.matmul(x[:rows], w, rows=True), alone[:rows])
+        assert torch.equal(rowwise.matmul(x[:rows], w, Packing.for_decode()), alone[:rows])
     m, other = torch.randn(5, 9, 32, generator=g), torch.randn(5, 32, 128, generator=g)
-    single = torch.cat([rowwise.bmm(m[:, i : i + 1], other, alone=True) for i in range(9)], dim=1)
-    assert torch.equal(rowwise.bmm(m, other, alone=True), single)
+    single = torch.cat([rowwise.bmm(m[:, i : i + 1], other, rows=True) for i in range(9)], dim=1)
+    assert torch.equal(rowwise.bmm(m, other, rows=True), single)
+
+
+def _sequence_alone_and_packed(k: int, n: int, lengths: list[int], seed: int = 3) -> list[int]:
+    """Indices of the sequences whose rows differ between a prefill of all of them packed and of each alone."""
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, k, generator=g) / k**0.5).t().contiguous()
+    x = torch.randn(sum(lengths), k, generator=g)
+    cpu = torch.device("cpu")
+    packed = rowwise.matmul(x, w, Packing.from_lengths(lengths, cpu)).split(lengths)
+    alone = [rowwise.matmul(part, w, Packing.from_lengths([len(part)], cpu)) for part in x.split(lengths)]
+    return [i for i, (a, b) in enumerate(zip(packed, alone)) if not torch.equal(a, b)]
+
+
+def test_a_sequence_gets_the_same_bits_packed_with_others_or_alone():
+    """A long sequence is a call of its own wherever it lies among the packed rows (any alignment), short ones
+    share tiles: packing never changes a row."""
+    assert _sequence_alone_and_packed(128, 448, [5, 300, 1, 131, 7, 640, 2, 1, 128, 129]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k,n", REAL_SHAPES)
+def test_a_sequence_gets_the_same_bits_packed_with_others_or_alone_at_real_shapes(k, n):
+    assert _sequence_alone_and_packed(k, n, [3, 640, 1, 577, 45, 129, 2]) == []
 
 
 def test_batched_bmm_rows_match_single_rows():

@@ -23,6 +23,7 @@ from helpers import (
 
 import visualrwkv_eval.kernels as kernels
 from visualrwkv_eval.kernels import resolve_backend, wkv6_decode, wkv6_prefill, wkv6_prefill_torch
+from visualrwkv_eval.kernels.wkv6 import cpu as wkv6_cpu
 from visualrwkv_eval.kernels.wkv6.checks import check_wkv6_args
 
 pytest.importorskip("cupy", reason=CUPY_MISSING)
@@ -124,7 +125,9 @@ def no_cupy(monkeypatch, fresh_backends):
 
 def test_resolve_backend(fresh_backends):
     assert resolve_backend("torch", "cuda") == "torch"
-    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu") == "torch"  # no dtype: nothing probed
+    assert resolve_backend("auto", "cpu", torch.bfloat16) == "torch"  # the C kernel is float32 only
+    assert resolve_backend("torch", "cpu", torch.float32) == "torch"
     assert resolve_backend("auto", torch.device("cuda", 0)) == "cupy"  # no dtype: the import alone, no GPU needed
     assert resolve_backend("cupy", "cuda:0") == "cupy"
     with pytest.raises(ValueError, match="needs a CUDA device, got cpu"):
@@ -174,7 +177,9 @@ def test_model_load_probes_with_its_dtype(monkeypatch, tiny_dir):
     model = visualrwkv.load_model(str(tiny_dir / "model.pth"), vision_tower=str(tiny_dir / "vision_tower"),
                                   dtype="float32", device="cpu")  # fmt: skip
     assert calls == [("auto", torch.device("cpu"), torch.float32, "wkv6")]
-    assert model.backend == "torch" and calls[-1] == ("auto", torch.device("cpu"), torch.float32, "wkv6")
+    c_works = wkv6_cpu.probe(torch.float32) is None  # on a CPU, 'auto' takes the C kernel where it builds
+    assert model.backend == ("c" if c_works else "torch")
+    assert calls[-1] == ("auto", torch.device("cpu"), torch.float32, "wkv6")
 
 
 def test_nothing_to_compute_launches_nothing(monkeypatch):

@@ -185,7 +185,7 @@ def prefill(model, seqs, state=None):
 def decode(model, tokens, state):
     with torch.inference_mode():
         hidden = model(model.embed_tokens(torch.tensor(tokens)), state, Packing.for_decode())
-        return model.logits(hidden, decode=True)
+        return model.logits(hidden)
 
 
 def test_decode_steps_equal_prefill(tiny7):

@@ -71,7 +71,7 @@ def official_engine(path: Path):
 
 class Ours:
     def __init__(self, path: Path):
-        self.model = load_model(str(path), dtype="float32", device="cpu", kernel="torch")
+        self.model = load_model(str(path), dtype="float32", device="cpu")  # kernel auto: the C kernels
 
     def prefill(self, ids: list[int]):
         rows = self.model.embed_tokens(ids)
