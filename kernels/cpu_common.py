@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -43,12 +44,15 @@ def _cpu_flags() -> str:
 
 
 def build(source: Path) -> Path:
-    """The shared library of `source` for this CPU, built once (then found in the cache)."""
+    """The shared library of `source` for this CPU, built once (then found in the cache; the key covers the files
+    it #includes by relative path)."""
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler (set $CC or install gcc)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([source.read_text(), *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
+    texts = [source.read_text()]
+    texts += [(source.parent / name).read_text() for name in re.findall(r'#include "([^"]+)"', texts[0])]
+    key = hashlib.sha256("\0".join([*texts, *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
     lib = cache_dir() / f"{source.stem}-{key[:16]}.so"
     if lib.exists():
         return lib

@@ -6,6 +6,10 @@ All blocks work on a packed batch: rows [T_total, C] holding B sequences one aft
 `Packing`. Every sequence carries its own recurrent state (`RecurrentState`), so packing never changes a
 sequence's result. A decode step is the same code with every sequence one row long.
 
+On the CPU with the WKV backend "c" (kernel=auto, float32), a decode step runs each block in one C call
+(kernels/block6: the same computation, whose reference is the PyTorch code below), since there the dispatch of
+~40 small ops per layer cost more than their arithmetic.
+
 The language-model interface that VisualRWKV drives (model/language_model.py): `embed_tokens`, `new_state`,
 `use_backend`, `cpu_layout_`, `block` (one layer, with a per-row carry between layers: none for RWKV-6) and
 `logits`. The image scan is not done here: VisualRWKV reorders the rows around `block` (model/scan.py).
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from visualrwkv_eval.kernels.block6 import cpu as block6_cpu
 
 from .config import HEAD_SIZE_DIVISOR, RWKV6Config
 from .language_model import RWKVLanguageModel
@@ -154,10 +160,32 @@ class RWKV6(RWKVLanguageModel):
 
     def __init__(self, cfg: RWKV6Config):
         super().__init__(cfg, Block)
+        self._fused: dict[int, tuple] = {}  # layer -> (weight pointers, arguments of the C decode or None)
 
     def block(
         self, layer: int, x: torch.Tensor, state: RecurrentState, pack: Packing, carry: Carry = ()
     ) -> tuple[torch.Tensor, Carry]:
         """Rows [T, C] through layer `layer` -> (rows, carry). The carry holds per-row tensors [T, ...] that a
         layer hands to the next (RWKV-6: none); a scan reorders them with the rows."""
-        return self.blocks[layer](x, state, layer, pack, self.wkv_kernel), carry
+        block = self.blocks[layer]
+        if pack.decode and self.backend == "c" and (fused := self._fused_block(layer)) is not None:
+            x = block.ln0(x) if block.ln0 is not None else x.clone()  # the kernel updates x in place
+            state_rows = (state.att_shift[layer], state.wkv[layer], state.ffn_shift[layer])
+            if all(t.is_contiguous() for t in (x, *state_rows)):
+                block6_cpu.block6_decode_c(x, *state_rows, *fused)
+                return x, carry
+        return block(x, state, layer, pack, self.wkv_kernel), carry
+
+    def _fused_block(self, layer: int) -> tuple | None:
+        """(weights, dims, eps, group-norm eps) for the C decode of block `layer` (kernels/block6), or None where
+        it cannot serve (not float32 on the CPU, another layout, no build). Checked once per weight storage."""
+        block, cfg = self.blocks[layer], self.config
+        weights = [block.get_parameter(name) for name in block6_cpu.WEIGHTS]
+        key = tuple(w.data_ptr() for w in weights)
+        cached = self._fused.get(layer)
+        if cached is None or cached[0] != key:
+            ok = block6_cpu.usable(weights) and block6_cpu.build_error() is None
+            dims = (cfg.n_embd, cfg.dim_att, cfg.dim_ffn, cfg.n_head, cfg.head_size, cfg.d_mix, cfg.d_decay)
+            fused = (weights, dims, block.ln1.eps, block.att.ln_x.eps) if ok else None
+            self._fused[layer] = cached = (key, fused)
+        return cached[1]
