@@ -1,6 +1,7 @@
 """bench roofline: batch-1 decode as a fraction of the memory-bandwidth bound (every weight read once per
-token) and prefill as a fraction of the matmul bound (2 x non-embedding parameters FLOP per token), against
-the device's own bandwidth and matmul rate measured in the same run."""
+token) and prefill as a fraction of the matmul bound (2 FLOP per weight per token for the blocks, and the head once,
+for the one row whose logits a prefill returns), against the device's own bandwidth and matmul rate measured in the
+same run."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> Path:
     lm_params = sum(p.numel() for p in model.rwkv.parameters())
     embedding = cfg.vocab_size * cfg.n_embd
     read_per_token = (lm_params - embedding + cfg.n_embd) * dtype.itemsize  # one embedding row, every other weight
-    flop_per_token = 2 * (lm_params - embedding)
+    # the head (as large as the embedding) runs on the last row only
+    flop_per_token = 2 * (lm_params - 2 * embedding) + 2 * embedding / args.prompt
     ids = torch.randint(1, 65530, (args.prompt,), generator=torch.Generator().manual_seed(0)).to(device)
     rows = model.embed_tokens(ids)
     prefill = seconds(lambda: model.prefill([(rows, None)]), device, reps=5, warmup=1)
