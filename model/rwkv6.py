@@ -160,7 +160,10 @@ class RWKV6(RWKVLanguageModel):
 
     def __init__(self, cfg: RWKV6Config):
         super().__init__(cfg, Block)
-        self._fused: dict[int, tuple] = {}  # layer -> (weight pointers, arguments of the C decode or None)
+        # layer -> (its parameters, their storage pointers, the C decode's arguments or None); a load that may
+        # replace the parameter objects starts it afresh
+        self._fused: dict[int, tuple] = {}
+        self.register_load_state_dict_post_hook(lambda module, _: module._fused.clear())
 
     def block(
         self, layer: int, x: torch.Tensor, state: RecurrentState, pack: Packing, carry: Carry = ()
@@ -178,14 +181,18 @@ class RWKV6(RWKVLanguageModel):
 
     def _fused_block(self, layer: int) -> tuple | None:
         """(weights, dims, eps, group-norm eps) for the C decode of block `layer` (kernels/block6), or None where
-        it cannot serve (not float32 on the CPU, another layout, no build). Checked once per weight storage."""
-        block, cfg = self.blocks[layer], self.config
-        weights = [block.get_parameter(name) for name in block6_cpu.WEIGHTS]
-        key = tuple(w.data_ptr() for w in weights)
+        it cannot serve (not float32 on the CPU, another layout, no build). The parameters are looked up once
+        (a lookup by name costs ~5 us, too much per layer and step); their layout is checked again whenever their
+        storage moves."""
         cached = self._fused.get(layer)
-        if cached is None or cached[0] != key:
+        if cached is None:
+            block = self.blocks[layer]
+            cached = ([block.get_parameter(name) for name in block6_cpu.WEIGHTS], None, None)
+        weights, key = cached[0], tuple(w.data_ptr() for w in cached[0])
+        if cached[1] != key:
+            block, cfg = self.blocks[layer], self.config
             ok = block6_cpu.usable(weights) and block6_cpu.build_error() is None
             dims = (cfg.n_embd, cfg.dim_att, cfg.dim_ffn, cfg.n_head, cfg.head_size, cfg.d_mix, cfg.d_decay)
             fused = (weights, dims, block.ln1.eps, block.att.ln_x.eps) if ok else None
-            self._fused[layer] = cached = (key, fused)
-        return cached[1]
+            self._fused[layer] = cached = (weights, key, fused)
+        return cached[2]

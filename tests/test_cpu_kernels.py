@@ -228,3 +228,20 @@ def test_block6_c_decode_row_bits_do_not_depend_on_the_batch():
             alone = _decode_layers(lm, "c", lm.embed_tokens(tokens[i : i + 1]), alone_state)
             assert torch.equal(alone[0], together[i])
             assert torch.equal(alone_state.wkv[:, 0], together_state.wkv[:, i])
+
+
+def test_block6_c_decode_follows_a_reload_of_the_weights():
+    """The C block looks its parameters up once; a load_state_dict(assign=True), which replaces them, is seen."""
+    from visualrwkv_eval.model.config import RWKV6Config
+    from visualrwkv_eval.model.tiny import random_rwkv_weights
+
+    cfg = RWKV6Config.for_size(2, 128, vocab_size=300)
+    lm = _rwkv6(cfg, seed=5)
+    tokens = torch.tensor([3, 99])
+    with torch.inference_mode():
+        _decode_layers(lm, "c", lm.embed_tokens(tokens), lm.new_state(2))
+        lm.load_state_dict(random_rwkv_weights(cfg, 6), assign=True)
+        lm.cpu_layout_()
+        y_c = _decode_layers(lm, "c", lm.embed_tokens(tokens), lm.new_state(2))
+        y_t = _decode_layers(lm, "torch", lm.embed_tokens(tokens), lm.new_state(2))
+    assert rel_err(y_c, y_t) < 1e-5
