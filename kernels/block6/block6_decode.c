@@ -15,19 +15,10 @@ enum W {
     WR, WK, WV, WG, WO, LNX_W, LNX_B, LN2_W, LN2_B, FFN_MAA_K, FFN_MAA_R, FFN_WK, FFN_WR, FFN_WV, N_WEIGHTS
 };
 
-/* out = x @ w for M rows, the column split chosen as kernels/rowmm/cpu.py's _split does (it never changes bits). */
+/* out = x @ w for M rows (the row kernel). */
 static void product(const float *x, long ldx, const float *w, long ldw, float *out, long ldo, long M, long K, long N,
                     int threads) {
-    long nb = N;
-    if (M * K * N < (1L << 17)) {
-        threads = 1;
-    } else {
-        long cap = 8192 / M < 1024 ? 1024 : 8192 / M;
-        long blocks = threads * ((N + threads * cap - 1) / (threads * cap));
-        nb = (N + blocks * 16 - 1) / (blocks * 16) * 16;
-        if (nb < 16) nb = 16;
-    }
-    rowmm_f32(x, w, out, 1, M, K, N, 0, ldx, 0, ldw, 0, ldo, nb, threads);
+    rowmm_f32(x, w, out, 1, M, K, N, 0, ldx, 0, ldw, 0, ldo, threads);
 }
 
 /* LayerNorm of one row (mean and variance in double, as a two-pass sum). */

@@ -15,22 +15,8 @@ from ..cpu_common import error_of, function
 from .checks import check_rowmm_args
 
 SOURCE = Path(__file__).with_name("rowmm.c")
-ARGTYPES = (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 11 + (ctypes.c_int,)
-# Columns per block: one row's pass streams long runs of w (8192 columns: as fast as MKL's GEMV); with more rows the
-# block narrows so that the 8 rows of w a pass reads stay in L1 while every row of x takes them (1024 at 8 rows).
-BLOCK_ELEMENTS = 8192
-MIN_BLOCK = 16
+ARGTYPES = (ctypes.c_void_p,) * 3 + (ctypes.c_long,) * 10 + (ctypes.c_int,)
 _F32 = torch.float32
-SERIAL_WORK = 1 << 17  # multiply-adds below which one thread beats waking the others (the bits never change)
-
-
-def _split(m: int, k: int, n: int) -> tuple[int, int]:
-    """(columns per block, threads): as many blocks per thread, of at most BLOCK_ELEMENTS / m (>= 1024) columns."""
-    if m * k * n < SERIAL_WORK:
-        return n, 1
-    threads = torch.get_num_threads()
-    blocks = threads * -(-n // (threads * max(1024, BLOCK_ELEMENTS // m)))
-    return max(MIN_BLOCK, -(-n // (blocks * 16)) * 16), threads
 
 
 def supports(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -51,13 +37,12 @@ def rowmm_c(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -
         check_rowmm_args(x, w, out)  # names the shape or dtype at fault
         raise ValueError("rowmm (c): needs fp32 CPU tensors with contiguous rows; use rowmm_torch")
     M, K, N = xs[-2], xs[-1], ws[-1]
-    nb, threads = _split(G * M, K, N)
     if d == 3:
         gx, gw, go = x.stride(0), w.stride(0), out.stride(0)
     else:
         gx = gw = go = 0
     _kernel()(x.data_ptr(), w.data_ptr(), out.data_ptr(), G, M, K, N, gx, x.stride(-2), gw, w.stride(-2), go,
-              out.stride(-2), nb, threads)  # fmt: skip
+              out.stride(-2), torch.get_num_threads())  # fmt: skip
     return out
 
 
