@@ -4,7 +4,7 @@ random x060 checkpoint, in one process and so on the same torch threads.
 Per size: prefill of a PROMPT-token prompt (tokens/s, last row's logits only, as both engines return them),
 batch-1 decode (ms/token, each step timed for both engines back to back, fed the same token), the logit
 difference between the engines on the shared prompt and on every decode step, and both decode rates as
-fractions of the bandwidth bound (every weight read once per token, against a copy measured in the same run,
+fractions of the bandwidth bound (every weight read once per token, at the bandwidth measured in the same run,
 as `bench roofline` does). Repetitions are interleaved, engine by engine, so that a noisy machine slows
 both alike; the median is reported. Without the `rwkv` package the official engine is skipped with a message.
 """
